@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Builds husk, the guest kernel and the initramfs, and installs them:
+#   /usr/local/bin/husk
+#   /usr/local/share/husk/{vmlinux,initramfs.cpio}
+#   /usr/local/libexec/husk/{virtiofsd,vhost-device-vsock}  (install-deps.sh)
+# husk's built-in defaults point at these paths, so no config file is needed.
+set -euo pipefail
+
+repo=$(cd "$(dirname "$0")/.." && pwd)
+share=${HUSK_SHARE:-/usr/local/share/husk}
+bindir=${HUSK_BINDIR:-/usr/local/bin}
+
+"$repo/hack/install-deps.sh"
+kernel=$("$repo/hack/build-kernel.sh" | tail -n1)
+initramfs=$("$repo/hack/build-initramfs.sh" | tail -n1)
+
+mkdir -p "$share" "$bindir"
+install -m 0644 "$kernel" "$share/vmlinux"
+install -m 0644 "$initramfs" "$share/initramfs.cpio"
+install -m 0755 "$repo/target/release/husk" "$bindir/husk"
+echo "install: husk $("$bindir/husk" --version | cut -d' ' -f2) in $bindir, guest in $share" >&2

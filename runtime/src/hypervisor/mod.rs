@@ -1,0 +1,262 @@
+//! The hypervisor interface: the one trait the rest of the runtime uses to
+//! start and stop a VM, whatever runs it.
+//!
+//! A backend takes a [`VmConfig`] (kernel, initramfs, size, the directory to
+//! share, where to put sockets and the console log) and returns a running
+//! [`Vm`]. The guest reaches the host through hybrid vsock: a guest
+//! connection to host port P arrives on the Unix socket `<vsock_uds>_P`.
+//! Stopping a `Vm` stops every process it started and removes its sockets.
+//!
+//! Backends: [`qemu`] (QEMU microvm, KVM or TCG). The builtin KVM monitor
+//! comes next behind the same trait.
+
+pub mod qemu;
+pub mod vhost_user;
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::config::{Accel, BackendChoice, Config};
+use crate::host::Virtualization;
+
+/// The first guest context id; 0-2 are reserved by vsock.
+pub const GUEST_CID: u32 = 3;
+
+/// Errors starting or stopping a VM.
+#[derive(Debug, thiserror::Error)]
+pub enum HypervisorError {
+    /// A file the VM needs is missing.
+    #[error("{what} not found at {path}")]
+    MissingFile {
+        /// Which input (kernel, initramfs...).
+        what: &'static str,
+        /// Where it was looked for.
+        path: PathBuf,
+    },
+    /// A helper binary is missing.
+    #[error("{0}")]
+    MissingBinary(String),
+    /// A process could not be started or did not come up.
+    #[error("starting {what}: {source}")]
+    Spawn {
+        /// Which process.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Preparing the state directory failed.
+    #[error("preparing {path}: {source}")]
+    StateDir {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The requested backend cannot run here.
+    #[error("{0}")]
+    Unsupported(String),
+    /// Waiting for or stopping the VM failed.
+    #[error("waiting for the VM: {0}")]
+    Wait(#[source] std::io::Error),
+}
+
+/// What to boot.
+#[derive(Debug, Clone)]
+pub struct VmConfig {
+    /// Uncompressed vmlinux with the PVH entry.
+    pub kernel: PathBuf,
+    /// Initramfs with the agent as /init.
+    pub initramfs: PathBuf,
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest memory in MiB.
+    pub memory_mib: u32,
+    /// Host directory shared with the guest over virtio-fs.
+    pub shared_dir: PathBuf,
+    /// Directory for the VM's sockets and logs; must exist and be private.
+    pub state_dir: PathBuf,
+    /// Extra kernel command-line arguments.
+    pub cmdline_extra: Vec<String>,
+}
+
+impl VmConfig {
+    /// The kernel command line every backend passes (before the
+    /// backend's own device entries): serial console, reset on reboot and on
+    /// panic (the agent ends the VM with a reboot), quiet boot.
+    pub fn base_cmdline(&self) -> Vec<String> {
+        let mut args: Vec<String> =
+            ["console=ttyS0", "reboot=t", "panic=-1", "quiet", "8250.nr_uarts=1", "tsc=reliable"]
+                .map(String::from)
+                .to_vec();
+        args.extend(self.cmdline_extra.iter().cloned());
+        args
+    }
+
+    /// Checks the input files before anything is started.
+    pub fn check_files(&self) -> Result<(), HypervisorError> {
+        for (what, path) in [("kernel", &self.kernel), ("initramfs", &self.initramfs)] {
+            if !path.is_file() {
+                return Err(HypervisorError::MissingFile { what, path: path.clone() });
+            }
+        }
+        if !self.shared_dir.is_dir() {
+            return Err(HypervisorError::MissingFile {
+                what: "shared directory",
+                path: self.shared_dir.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    /// The guest console log.
+    pub fn console_log(&self) -> PathBuf {
+        self.state_dir.join("console.log")
+    }
+
+    /// The hybrid vsock socket base path.
+    pub fn vsock_uds(&self) -> PathBuf {
+        self.state_dir.join("vsock.sock")
+    }
+}
+
+/// How a VM ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmExit {
+    /// Human-readable reason ("exited with status 0", "killed").
+    pub description: String,
+}
+
+/// A running VM.
+pub trait Vm: Send {
+    /// Host pid of the VMM process (ours for an in-process VMM).
+    fn pid(&self) -> u32;
+    /// The hybrid vsock base path.
+    fn vsock_uds(&self) -> &Path;
+    /// The guest console log.
+    fn console_log(&self) -> &Path;
+    /// `Some` once the VM has ended.
+    fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError>;
+    /// Ends the VM now if it still runs, stops its helpers and removes its
+    /// sockets. Idempotent.
+    fn stop(&mut self) -> Result<VmExit, HypervisorError>;
+
+    /// Waits up to `timeout` for the VM to end by itself.
+    fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<VmExit>, HypervisorError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(exit) = self.try_wait()? {
+                return Ok(Some(exit));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+}
+
+/// Something that starts VMs.
+pub trait Hypervisor: Send + Sync {
+    /// A short name for messages, e.g. `qemu (TCG)`.
+    fn name(&self) -> String;
+    /// Starts a VM; returns once the VMM runs (the guest is still booting).
+    fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError>;
+}
+
+/// The backend chosen for this host, and why.
+pub struct Selection {
+    /// The backend.
+    pub hypervisor: Box<dyn Hypervisor>,
+    /// Why it was chosen, for `husk check`.
+    pub reason: String,
+}
+
+/// Picks the backend from the configuration and what the host offers.
+pub fn select(config: &Config, host: &Virtualization) -> Result<Selection, HypervisorError> {
+    let hardware = matches!(host, Virtualization::Hardware { .. });
+    let (use_kvm, accel_reason) = match config.accel {
+        Accel::Kvm if !hardware => {
+            return Err(HypervisorError::Unsupported(format!(
+                "config asks for accel = \"kvm\" but {}",
+                host.describe()
+            )))
+        }
+        Accel::Kvm => (true, "accel = \"kvm\" in the config".to_string()),
+        Accel::Tcg => (false, "accel = \"tcg\" in the config".to_string()),
+        Accel::Auto if hardware => (true, host.describe()),
+        Accel::Auto => (false, format!("{}; using software emulation", host.describe())),
+    };
+    let backend_reason = match config.backend {
+        BackendChoice::Builtin => {
+            return Err(HypervisorError::Unsupported(
+                "backend = \"builtin\": the builtin KVM monitor is not part of this build yet; \
+                 use backend = \"qemu\" or \"auto\""
+                    .into(),
+            ))
+        }
+        BackendChoice::Qemu => "backend = \"qemu\" in the config",
+        BackendChoice::Auto => "the builtin monitor is not part of this build yet",
+    };
+    let hypervisor = qemu::QemuBackend::from_config(config, use_kvm)?;
+    Ok(Selection {
+        reason: format!("{backend_reason}; {accel_reason}"),
+        hypervisor: Box::new(hypervisor),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(accel: Accel, backend: BackendChoice) -> Config {
+        Config { accel, backend, qemu: "sh".into(), ..Config::default() }
+    }
+
+    #[test]
+    fn pvm_host_gets_qemu_with_tcg() {
+        let s = select(&config(Accel::Auto, BackendChoice::Auto), &Virtualization::Pvm).unwrap();
+        assert_eq!(s.hypervisor.name(), "qemu (TCG)");
+        assert!(s.reason.contains("PVM"), "{}", s.reason);
+    }
+
+    #[test]
+    fn hardware_host_gets_kvm() {
+        let host = Virtualization::Hardware { cpu_flag: "svm" };
+        let s = select(&config(Accel::Auto, BackendChoice::Auto), &host).unwrap();
+        assert_eq!(s.hypervisor.name(), "qemu (KVM)");
+    }
+
+    #[test]
+    fn forcing_kvm_without_hardware_names_the_reason() {
+        let err = select(&config(Accel::Kvm, BackendChoice::Qemu), &Virtualization::Pvm)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("accel = \"kvm\""), "{err}");
+    }
+
+    #[test]
+    fn builtin_backend_is_refused_with_a_way_out() {
+        let err = select(&config(Accel::Auto, BackendChoice::Builtin), &Virtualization::Pvm)
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains("backend = \"qemu\""), "{err}");
+    }
+
+    #[test]
+    fn cmdline_resets_on_reboot_and_panic() {
+        let vm = VmConfig {
+            kernel: "k".into(),
+            initramfs: "i".into(),
+            vcpus: 1,
+            memory_mib: 128,
+            shared_dir: "/".into(),
+            state_dir: "/tmp".into(),
+            cmdline_extra: vec!["husk.port=5".into()],
+        };
+        let line = vm.base_cmdline().join(" ");
+        assert!(line.contains("reboot=t") && line.contains("panic=-1"), "{line}");
+        assert!(line.ends_with("husk.port=5"), "{line}");
+    }
+}

@@ -1,0 +1,237 @@
+//! The `qemu` backend: QEMU's `microvm` machine with the same kernel and
+//! initramfs as every backend, guest memory in a shared memfd (vhost-user
+//! needs it), virtio-fs from virtiofsd and vsock from vhost-device-vsock.
+//!
+//! Measured facts: without `acpi=off` QEMU does not put the
+//! `virtio_mmio.device=` entries on the command line and the virtio-fs mount
+//! fails; `-no-reboot` turns the agent's reboot into QEMU's exit.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::config::{resolve_binary, Config};
+use crate::process::ChildGuard;
+
+use super::vhost_user::{self, Backend};
+use super::{Hypervisor, HypervisorError, Vm, VmConfig, VmExit, GUEST_CID};
+
+/// How long virtiofsd gets to exit by itself after QEMU is gone.
+const HELPER_GRACE: Duration = Duration::from_millis(500);
+
+/// Starts VMs with qemu-system-x86_64.
+pub struct QemuBackend {
+    qemu: PathBuf,
+    virtiofsd: PathBuf,
+    vsock_backend: PathBuf,
+    kvm: bool,
+}
+
+impl QemuBackend {
+    /// A backend using the binaries named in `config`; `kvm` picks
+    /// `-accel kvm` over TCG.
+    pub fn from_config(config: &Config, kvm: bool) -> Result<Self, HypervisorError> {
+        Ok(QemuBackend {
+            qemu: config.qemu.clone(),
+            virtiofsd: config.virtiofsd.clone(),
+            vsock_backend: config.vsock_backend.clone(),
+            kvm,
+        })
+    }
+
+    /// The full QEMU argument list for `config` (no I/O; unit-tested).
+    pub fn qemu_args(&self, config: &VmConfig, fs_socket: &Path, vsock_socket: &Path) -> Vec<OsString> {
+        let mem = format!("{}M", config.memory_mib);
+        let mut cmdline = config.base_cmdline();
+        cmdline.push("husk.backend=qemu".into());
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
+        push(&["-M", "microvm,acpi=off,pcie=off,rtc=off,memory-backend=mem"]);
+        if self.kvm {
+            push(&["-accel", "kvm", "-cpu", "host"]);
+        } else {
+            push(&["-accel", "tcg", "-cpu", "max"]);
+        }
+        push(&["-smp", &config.vcpus.to_string(), "-m", &mem]);
+        push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
+        push(&["-kernel", &config.kernel.to_string_lossy()]);
+        push(&["-initrd", &config.initramfs.to_string_lossy()]);
+        push(&["-append", &cmdline.join(" ")]);
+        push(&["-chardev", &format!("file,id=console,path={}", config.console_log().display())]);
+        push(&["-serial", "chardev:console"]);
+        push(&["-chardev", &format!("socket,id=fs,path={}", fs_socket.display())]);
+        push(&["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", husk_protocol::SHARE_TAG)]);
+        push(&["-chardev", &format!("socket,id=vsock,path={}", vsock_socket.display())]);
+        push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
+        args
+    }
+}
+
+impl Hypervisor for QemuBackend {
+    fn name(&self) -> String {
+        format!("qemu ({})", if self.kvm { "KVM" } else { "TCG" })
+    }
+
+    fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError> {
+        config.check_files()?;
+        let qemu = resolve_binary("qemu-system-x86_64", &self.qemu).map_err(HypervisorError::MissingBinary)?;
+        let virtiofsd = resolve_binary("virtiofsd", &self.virtiofsd).map_err(HypervisorError::MissingBinary)?;
+        let vsock_backend = resolve_binary("vhost-device-vsock", &self.vsock_backend)
+            .map_err(HypervisorError::MissingBinary)?;
+
+        let vsock_uds = config.vsock_uds();
+        let _ = std::fs::remove_file(&vsock_uds);
+        let mut fs = vhost_user::start_virtiofsd(&virtiofsd, &config.shared_dir, &config.state_dir)?;
+        let mut vsock = vhost_user::start_vsock(&vsock_backend, GUEST_CID, &vsock_uds, &config.state_dir)?;
+        fs.wait_ready()?;
+        vsock.wait_ready()?;
+
+        let mut cmd = Command::new(qemu);
+        cmd.args(self.qemu_args(config, &fs.socket, &vsock.socket));
+        let process = ChildGuard::spawn("qemu", cmd, &config.state_dir.join("qemu.log"))
+            .map_err(|source| HypervisorError::Spawn { what: "qemu", source })?;
+        Ok(Box::new(QemuVm {
+            qemu: process,
+            fs,
+            vsock,
+            vsock_uds,
+            console_log: config.console_log(),
+            qemu_log: config.state_dir.join("qemu.log"),
+            exit: None,
+        }))
+    }
+}
+
+/// A VM run by a QEMU process and its two vhost-user helpers.
+struct QemuVm {
+    qemu: ChildGuard,
+    fs: Backend,
+    vsock: Backend,
+    vsock_uds: PathBuf,
+    console_log: PathBuf,
+    qemu_log: PathBuf,
+    exit: Option<VmExit>,
+}
+
+impl QemuVm {
+    fn describe_exit(&self, status: std::process::ExitStatus) -> VmExit {
+        let mut description = format!("qemu {status}");
+        if !status.success() {
+            let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
+            if let Some(last) = log.lines().rev().find(|l| !l.trim().is_empty()) {
+                description.push_str(&format!(": {last}"));
+            }
+        }
+        VmExit { description }
+    }
+}
+
+impl Vm for QemuVm {
+    fn pid(&self) -> u32 {
+        self.qemu.pid()
+    }
+
+    fn vsock_uds(&self) -> &Path {
+        &self.vsock_uds
+    }
+
+    fn console_log(&self) -> &Path {
+        &self.console_log
+    }
+
+    fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError> {
+        if self.exit.is_none() {
+            if let Some(status) = self.qemu.try_wait().map_err(HypervisorError::Wait)? {
+                self.exit = Some(self.describe_exit(status));
+            }
+        }
+        Ok(self.exit.clone())
+    }
+
+    fn stop(&mut self) -> Result<VmExit, HypervisorError> {
+        let status = self.qemu.kill().map_err(HypervisorError::Wait)?;
+        if self.exit.is_none() {
+            self.exit = Some(self.describe_exit(status));
+        }
+        // virtiofsd exits by itself once QEMU is gone; the vsock backend
+        // would wait for the next VMM forever.
+        self.fs.process.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
+        self.vsock.process.kill().map_err(HypervisorError::Wait)?;
+        for socket in [&self.fs.socket, &self.vsock.socket, &self.vsock_uds] {
+            let _ = std::fs::remove_file(socket);
+        }
+        Ok(self.exit.clone().expect("set above"))
+    }
+}
+
+impl Drop for QemuVm {
+    fn drop(&mut self) {
+        let _ = self.stop();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn vm_config() -> VmConfig {
+        VmConfig {
+            kernel: "/k/vmlinux".into(),
+            initramfs: "/k/initramfs.cpio".into(),
+            vcpus: 2,
+            memory_mib: 256,
+            shared_dir: "/share".into(),
+            state_dir: "/run/husk/x".into(),
+            cmdline_extra: vec![],
+        }
+    }
+
+    fn args(kvm: bool) -> Vec<String> {
+        let backend = QemuBackend::from_config(&Config::default(), kvm).unwrap();
+        backend
+            .qemu_args(&vm_config(), Path::new("/s/fs.sock"), Path::new("/s/vsock.sock"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
+        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+    }
+
+    #[test]
+    fn microvm_has_acpi_off_and_shared_memfd_memory() {
+        let args = args(false);
+        let machine = value_of(&args, "-M")[0];
+        assert!(machine.starts_with("microvm,acpi=off"), "{machine}");
+        assert!(machine.contains("memory-backend=mem"), "{machine}");
+        assert_eq!(value_of(&args, "-object"), ["memory-backend-memfd,id=mem,size=256M,share=on"]);
+        assert!(args.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn tcg_or_kvm_as_asked() {
+        assert_eq!(value_of(&args(false), "-accel"), ["tcg"]);
+        assert_eq!(value_of(&args(true), "-accel"), ["kvm"]);
+        assert_eq!(value_of(&args(true), "-cpu"), ["host"]);
+    }
+
+    #[test]
+    fn vhost_user_devices_use_the_given_sockets_and_no_tag_on_virtiofsd() {
+        let args = args(false);
+        let chardevs = value_of(&args, "-chardev");
+        assert!(chardevs.contains(&"socket,id=fs,path=/s/fs.sock"), "{chardevs:?}");
+        assert!(chardevs.contains(&"socket,id=vsock,path=/s/vsock.sock"), "{chardevs:?}");
+        let devices = value_of(&args, "-device");
+        assert_eq!(devices, ["vhost-user-fs-device,chardev=fs,tag=husk", "vhost-user-vsock-device,chardev=vsock"]);
+    }
+
+    #[test]
+    fn console_goes_to_the_state_dir_log() {
+        let args = args(false);
+        assert!(value_of(&args, "-chardev").contains(&"file,id=console,path=/run/husk/x/console.log"));
+        assert!(value_of(&args, "-append")[0].starts_with("console=ttyS0"));
+    }
+}

@@ -1,0 +1,80 @@
+//! The vhost-user device backends a VMM connects to: virtiofsd for the
+//! sandbox share and vhost-device-vsock for the agent channel. Each is one
+//! child process per VM, listening on a socket in the VM's state directory.
+//!
+//! Measured facts that shape this: virtiofsd exits when its VMM disconnects
+//! (one per boot); passing `--tag` to virtiofsd crashes QEMU 7.x, so the tag
+//! is given to QEMU only.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::process::{wait_for_socket, ChildGuard};
+
+use super::HypervisorError;
+
+/// How long a helper may take to create its socket.
+const SOCKET_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A started helper and its vhost-user socket.
+pub struct Backend {
+    /// The process.
+    pub process: ChildGuard,
+    /// The vhost-user socket the VMM connects to.
+    pub socket: PathBuf,
+}
+
+/// Spawns a helper without waiting for its socket: the caller starts all of
+/// them first, then waits ([`Backend::wait_ready`]), so their start-up
+/// overlaps.
+fn spawn(
+    what: &'static str,
+    cmd: Command,
+    socket: PathBuf,
+    log: &Path,
+) -> Result<Backend, HypervisorError> {
+    let _ = std::fs::remove_file(&socket);
+    let process =
+        ChildGuard::spawn(what, cmd, log).map_err(|source| HypervisorError::Spawn { what, source })?;
+    Ok(Backend { process, socket })
+}
+
+impl Backend {
+    /// Waits for the helper's socket to appear.
+    pub fn wait_ready(&mut self) -> Result<(), HypervisorError> {
+        let what = self.process.name();
+        wait_for_socket(&mut self.process, &self.socket, SOCKET_TIMEOUT)
+            .map_err(|source| HypervisorError::Spawn { what, source })
+    }
+}
+
+/// Starts virtiofsd sharing `shared_dir` on `state_dir/virtiofsd.sock`.
+pub fn start_virtiofsd(
+    binary: &Path,
+    shared_dir: &Path,
+    state_dir: &Path,
+) -> Result<Backend, HypervisorError> {
+    let socket = state_dir.join("virtiofsd.sock");
+    let mut cmd = Command::new(binary);
+    cmd.arg(format!("--socket-path={}", socket.display()))
+        .arg(format!("--shared-dir={}", shared_dir.display()))
+        .args(["--sandbox=namespace", "--cache=auto", "--log-level=error"]);
+    spawn("virtiofsd", cmd, socket, &state_dir.join("virtiofsd.log"))
+}
+
+/// Starts vhost-device-vsock for guest `cid`; guest connections to host port
+/// P arrive on `uds_path`_P.
+pub fn start_vsock(
+    binary: &Path,
+    cid: u32,
+    uds_path: &Path,
+    state_dir: &Path,
+) -> Result<Backend, HypervisorError> {
+    let socket = state_dir.join("vhost-vsock.sock");
+    let mut cmd = Command::new(binary);
+    cmd.arg(format!("--guest-cid={cid}"))
+        .arg(format!("--socket={}", socket.display()))
+        .arg(format!("--uds-path={}", uds_path.display()));
+    spawn("vhost-device-vsock", cmd, socket, &state_dir.join("vsock.log"))
+}

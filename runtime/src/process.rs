@@ -1,0 +1,180 @@
+//! Child processes the runtime starts (QEMU, virtiofsd, the vsock backend):
+//! they die with their parent (PR_SET_PDEATHSIG), log into the state
+//! directory, and are killed and reaped when their guard is dropped, so a
+//! failed boot never leaves one behind.
+
+use std::fs::File;
+use std::io;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// A running child that is killed and reaped on drop.
+#[derive(Debug)]
+pub struct ChildGuard {
+    name: &'static str,
+    child: Option<Child>,
+    status: Option<ExitStatus>,
+}
+
+impl ChildGuard {
+    /// Starts `cmd` with stdin from /dev/null and stdout+stderr into `log`.
+    pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> io::Result<Self> {
+        let out = File::create(log)?;
+        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn()?;
+        Ok(ChildGuard { name, child: Some(child), status: None })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    /// The name given at spawn.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// The exit status if the child has exited (reaps it).
+    pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
+        if self.status.is_none() {
+            if let Some(child) = self.child.as_mut() {
+                self.status = child.try_wait()?;
+            }
+        }
+        Ok(self.status)
+    }
+
+    /// Waits up to `timeout` for the child to exit.
+    pub fn wait_timeout(&mut self, timeout: Duration) -> io::Result<Option<ExitStatus>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.try_wait()? {
+                return Ok(Some(status));
+            }
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Sends `signal` unless the child was already reaped.
+    pub fn signal(&mut self, signal: libc::c_int) {
+        if self.try_wait().ok().flatten().is_none() {
+            // SAFETY: kill(2) on a child we have not reaped, so the pid is still ours.
+            unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+        }
+    }
+
+    /// SIGTERM, then SIGKILL after `grace`; always reaps.
+    pub fn stop(&mut self, grace: Duration) -> io::Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        self.signal(libc::SIGTERM);
+        if let Some(status) = self.wait_timeout(grace)? {
+            return Ok(status);
+        }
+        self.kill()
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        if let Some(status) = self.try_wait()? {
+            return Ok(status);
+        }
+        let child = self.child.as_mut().expect("child present until drop");
+        let _ = child.kill();
+        let status = child.wait()?;
+        self.status = Some(status);
+        Ok(status)
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        let _ = self.kill();
+    }
+}
+
+/// Waits until `path` exists (a helper's listening socket), failing early if
+/// the helper exits.
+pub fn wait_for_socket(helper: &mut ChildGuard, path: &Path, timeout: Duration) -> io::Result<()> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if path.exists() {
+            return Ok(());
+        }
+        if let Some(status) = helper.try_wait()? {
+            return Err(io::Error::other(format!(
+                "{} exited ({status}) before creating {}",
+                helper.name(),
+                path.display()
+            )));
+        }
+        if Instant::now() >= deadline {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("{} did not create {} within {timeout:?}", helper.name(), path.display()),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drop_kills_and_reaps() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("sleep");
+        cmd.arg("100");
+        let guard = ChildGuard::spawn("sleep", cmd, &dir.path().join("log")).unwrap();
+        let pid = guard.pid() as libc::pid_t;
+
+        drop(guard);
+
+        // SAFETY: signal 0 only checks whether the pid exists.
+        let alive = unsafe { libc::kill(pid, 0) } == 0;
+        assert!(!alive, "child {pid} still exists after drop");
+    }
+
+    #[test]
+    fn wait_for_socket_reports_an_early_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut guard =
+            ChildGuard::spawn("false", Command::new("false"), &dir.path().join("log")).unwrap();
+
+        let err = wait_for_socket(&mut guard, &dir.path().join("sock"), Duration::from_secs(5))
+            .unwrap_err();
+
+        assert!(err.to_string().contains("false exited"), "{err}");
+    }
+
+    #[test]
+    fn output_goes_to_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo out; echo err >&2"]);
+        let mut guard = ChildGuard::spawn("sh", cmd, &log).unwrap();
+
+        guard.wait_timeout(Duration::from_secs(5)).unwrap().unwrap();
+
+        assert_eq!(std::fs::read_to_string(&log).unwrap(), "out\nerr\n");
+    }
+}
