@@ -24,13 +24,55 @@ const NOSUID_NODEV_NOEXEC: libc::c_ulong = libc::MS_NOSUID | libc::MS_NODEV | li
 
 /// In order: later entries live inside earlier ones.
 const BASE_MOUNTS: &[BaseMount] = &[
-    BaseMount { source: "proc", target: "/proc", fstype: "proc", flags: NOSUID_NODEV_NOEXEC, data: None },
-    BaseMount { source: "sysfs", target: "/sys", fstype: "sysfs", flags: NOSUID_NODEV_NOEXEC, data: None },
-    BaseMount { source: "devtmpfs", target: "/dev", fstype: "devtmpfs", flags: libc::MS_NOSUID, data: Some("mode=0755") },
-    BaseMount { source: "devpts", target: "/dev/pts", fstype: "devpts", flags: libc::MS_NOSUID | libc::MS_NOEXEC, data: Some("newinstance,ptmxmode=0666,mode=0620") },
-    BaseMount { source: "tmpfs", target: "/dev/shm", fstype: "tmpfs", flags: NOSUID_NODEV_NOEXEC, data: Some("mode=1777") },
-    BaseMount { source: "tmpfs", target: "/run", fstype: "tmpfs", flags: libc::MS_NOSUID | libc::MS_NODEV, data: Some("mode=0755") },
-    BaseMount { source: "cgroup2", target: "/sys/fs/cgroup", fstype: "cgroup2", flags: NOSUID_NODEV_NOEXEC, data: None },
+    BaseMount {
+        source: "proc",
+        target: "/proc",
+        fstype: "proc",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    BaseMount {
+        source: "sysfs",
+        target: "/sys",
+        fstype: "sysfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
+    BaseMount {
+        source: "devtmpfs",
+        target: "/dev",
+        fstype: "devtmpfs",
+        flags: libc::MS_NOSUID,
+        data: Some("mode=0755"),
+    },
+    BaseMount {
+        source: "devpts",
+        target: "/dev/pts",
+        fstype: "devpts",
+        flags: libc::MS_NOSUID | libc::MS_NOEXEC,
+        data: Some("newinstance,ptmxmode=0666,mode=0620"),
+    },
+    BaseMount {
+        source: "tmpfs",
+        target: "/dev/shm",
+        fstype: "tmpfs",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: Some("mode=1777"),
+    },
+    BaseMount {
+        source: "tmpfs",
+        target: "/run",
+        fstype: "tmpfs",
+        flags: libc::MS_NOSUID | libc::MS_NODEV,
+        data: Some("mode=0755"),
+    },
+    BaseMount {
+        source: "cgroup2",
+        target: "/sys/fs/cgroup",
+        fstype: "cgroup2",
+        flags: NOSUID_NODEV_NOEXEC,
+        data: None,
+    },
 ];
 
 /// Mounts the base pseudo filesystems. Any failure is fatal: the guest is
@@ -38,7 +80,8 @@ const BASE_MOUNTS: &[BaseMount] = &[
 pub fn mount_base(sys: &dyn Syscalls) -> Result<()> {
     for m in BASE_MOUNTS {
         let target = Path::new(m.target);
-        sys.create_dir_all(target).with_context(|| format!("creating {}", m.target))?;
+        sys.create_dir_all(target)
+            .with_context(|| format!("creating {}", m.target))?;
         sys.mount(m.source, target, m.fstype, m.flags, m.data)
             .with_context(|| format!("mounting {} on {}", m.fstype, m.target))?;
     }
@@ -49,9 +92,16 @@ pub fn mount_base(sys: &dyn Syscalls) -> Result<()> {
 /// hello, so the host learns why a share is missing.
 pub fn mount_share(sys: &dyn Syscalls) -> Result<String, String> {
     let target = Path::new(SHARE_MOUNTPOINT);
-    sys.create_dir_all(target).map_err(|e| format!("creating {SHARE_MOUNTPOINT}: {e}"))?;
-    sys.mount(SHARE_TAG, target, "virtiofs", libc::MS_NOSUID | libc::MS_NODEV, None)
-        .map_err(|e| format!("mounting virtio-fs tag {SHARE_TAG:?} on {SHARE_MOUNTPOINT}: {e}"))?;
+    sys.create_dir_all(target)
+        .map_err(|e| format!("creating {SHARE_MOUNTPOINT}: {e}"))?;
+    sys.mount(
+        SHARE_TAG,
+        target,
+        "virtiofs",
+        libc::MS_NOSUID | libc::MS_NODEV,
+        None,
+    )
+    .map_err(|e| format!("mounting virtio-fs tag {SHARE_TAG:?} on {SHARE_MOUNTPOINT}: {e}"))?;
     Ok(SHARE_MOUNTPOINT.to_string())
 }
 
@@ -75,15 +125,24 @@ mod tests {
                 Call::Mkdir(_) => None,
             })
             .collect();
-        assert_eq!(mounts.first().unwrap(), &("/proc".to_string(), "proc".to_string()));
-        assert_eq!(mounts.last().unwrap(), &("/sys/fs/cgroup".to_string(), "cgroup2".to_string()));
+        assert_eq!(
+            mounts.first().unwrap(),
+            &("/proc".to_string(), "proc".to_string())
+        );
+        assert_eq!(
+            mounts.last().unwrap(),
+            &("/sys/fs/cgroup".to_string(), "cgroup2".to_string())
+        );
         assert!(mounts.contains(&("/run".into(), "tmpfs".into())));
         assert!(mounts.contains(&("/dev".into(), "devtmpfs".into())));
     }
 
     #[test]
     fn base_mount_failure_names_the_filesystem() {
-        let sys = RecordingSyscalls { fail_fstypes: vec!["cgroup2"], ..Default::default() };
+        let sys = RecordingSyscalls {
+            fail_fstypes: vec!["cgroup2"],
+            ..Default::default()
+        };
 
         let err = mount_base(&sys).unwrap_err();
 
@@ -105,7 +164,10 @@ mod tests {
 
     #[test]
     fn share_mount_failure_is_reported_not_fatal() {
-        let sys = RecordingSyscalls { fail_fstypes: vec!["virtiofs"], ..Default::default() };
+        let sys = RecordingSyscalls {
+            fail_fstypes: vec!["virtiofs"],
+            ..Default::default()
+        };
 
         let err = mount_share(&sys).unwrap_err();
 

@@ -18,7 +18,9 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use husk_protocol::frame::write_frame;
-use husk_protocol::{FrameReader, GuestMessage, Hello, AGENT_PORT, PROTOCOL_VERSION, SHARE_MOUNTPOINT};
+use husk_protocol::{
+    FrameReader, GuestMessage, Hello, AGENT_PORT, PROTOCOL_VERSION, SHARE_MOUNTPOINT,
+};
 
 use crate::syscall::LinuxSyscalls;
 
@@ -66,7 +68,10 @@ fn run() -> Result<server::Outcome> {
 /// The host port from `husk.port=` on the kernel command line, or the default.
 fn cmdline_port() -> Result<u32> {
     let cmdline = std::fs::read_to_string("/proc/cmdline").context("reading /proc/cmdline")?;
-    match cmdline.split_whitespace().find_map(|arg| arg.strip_prefix("husk.port=")) {
+    match cmdline
+        .split_whitespace()
+        .find_map(|arg| arg.strip_prefix("husk.port="))
+    {
         None => Ok(AGENT_PORT),
         Some(p) => match p.parse() {
             Ok(port) => Ok(port),
@@ -87,7 +92,9 @@ fn connect(port: u32) -> Result<UnixStream> {
                 }
                 std::thread::sleep(CONNECT_RETRY);
             }
-            Err(e) => return Err(e).with_context(|| format!("connecting to vsock host port {port}")),
+            Err(e) => {
+                return Err(e).with_context(|| format!("connecting to vsock host port {port}"))
+            }
         }
     }
 }

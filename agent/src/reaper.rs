@@ -18,13 +18,15 @@ pub fn block_sigchld() -> io::Result<()> {
 
 /// Starts the reaping thread.
 pub fn spawn() -> io::Result<std::thread::JoinHandle<()>> {
-    std::thread::Builder::new().name("reaper".into()).spawn(|| loop {
-        let set = sigchld_set();
-        let mut sig = 0;
-        // SAFETY: `set` is initialized and `sig` is a valid out pointer.
-        unsafe { libc::sigwait(&set, &mut sig) };
-        reap_all();
-    })
+    std::thread::Builder::new()
+        .name("reaper".into())
+        .spawn(|| loop {
+            let set = sigchld_set();
+            let mut sig = 0;
+            // SAFETY: `set` is initialized and `sig` is a valid out pointer.
+            unsafe { libc::sigwait(&set, &mut sig) };
+            reap_all();
+        })
 }
 
 /// Collects every exited child without blocking.

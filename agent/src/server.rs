@@ -8,7 +8,9 @@ use std::io::{self, Read, Write};
 use std::path::{Component, Path};
 
 use husk_protocol::frame::write_frame;
-use husk_protocol::{AgentError, FrameError, FrameReader, GuestMessage, HostMessage, Request, Response};
+use husk_protocol::{
+    AgentError, FrameError, FrameReader, GuestMessage, HostMessage, Request, Response,
+};
 
 /// Largest file [`Request::ReadFile`] returns; keeps the answer under the
 /// frame limit after base64.
@@ -34,7 +36,9 @@ pub fn serve<R: Read>(
             Ok(Some(m)) => m,
             Ok(None) => return Ok(Outcome::HostGone),
             Err(e) if e.is_recoverable() => {
-                let answer = GuestMessage::ProtocolError { message: e.to_string() };
+                let answer = GuestMessage::ProtocolError {
+                    message: e.to_string(),
+                };
                 write_frame(writer, &answer)?;
                 continue;
             }
@@ -60,7 +64,9 @@ pub fn serve<R: Read>(
 /// Carries out one request.
 pub fn handle(request: &Request, share_root: &Path) -> Result<Response, AgentError> {
     match request {
-        Request::Ping => Ok(Response::Pong { boot_time_ns: boot_time_ns() }),
+        Request::Ping => Ok(Response::Pong {
+            boot_time_ns: boot_time_ns(),
+        }),
         Request::ReadFile { path } => read_share_file(share_root, path),
         Request::Shutdown => Ok(Response::ShuttingDown),
     }
@@ -68,7 +74,11 @@ pub fn handle(request: &Request, share_root: &Path) -> Result<Response, AgentErr
 
 fn read_share_file(share_root: &Path, path: &str) -> Result<Response, AgentError> {
     let relative = Path::new(path);
-    if path.is_empty() || !relative.components().all(|c| matches!(c, Component::Normal(_))) {
+    if path.is_empty()
+        || !relative
+            .components()
+            .all(|c| matches!(c, Component::Normal(_)))
+    {
         return Err(AgentError::new(format!(
             "read_file: path {path:?} must be relative to the share, without '..'"
         )));
@@ -80,7 +90,9 @@ fn read_share_file(share_root: &Path, path: &str) -> Result<Response, AgentError
     };
     let file = std::fs::File::open(&full).map_err(io_err)?;
     let mut data = Vec::new();
-    file.take(MAX_READ_FILE + 1).read_to_end(&mut data).map_err(io_err)?;
+    file.take(MAX_READ_FILE + 1)
+        .read_to_end(&mut data)
+        .map_err(io_err)?;
     if data.len() as u64 > MAX_READ_FILE {
         return Err(AgentError::new(format!(
             "read_file {}: larger than the limit of {MAX_READ_FILE} bytes",
@@ -92,7 +104,10 @@ fn read_share_file(share_root: &Path, path: &str) -> Result<Response, AgentError
 
 /// Guest time since boot, CLOCK_BOOTTIME, in nanoseconds.
 pub fn boot_time_ns() -> u64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes into the valid timespec we pass.
     unsafe { libc::clock_gettime(libc::CLOCK_BOOTTIME, &mut ts) };
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
@@ -105,7 +120,10 @@ mod tests {
     use std::io::Cursor;
 
     /// Runs `serve` over the given host bytes and returns what the agent wrote.
-    fn serve_bytes(input: Vec<u8>, share: &Path) -> (Result<Outcome, FrameError>, Vec<GuestMessage>) {
+    fn serve_bytes(
+        input: Vec<u8>,
+        share: &Path,
+    ) -> (Result<Outcome, FrameError>, Vec<GuestMessage>) {
         struct Duplex(Cursor<Vec<u8>>);
         impl Read for Duplex {
             fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -144,15 +162,34 @@ mod tests {
         let (outcome, answers) = serve_bytes(input, Path::new("/nonexistent"));
 
         assert_eq!(outcome.unwrap(), Outcome::Shutdown);
-        assert_eq!(answers.len(), 2, "nothing is served after shutdown: {answers:?}");
-        assert!(matches!(answers[0], GuestMessage::Response { id: 1, result: Ok(Response::Pong { .. }) }));
-        assert_eq!(answers[1], GuestMessage::Response { id: 2, result: Ok(Response::ShuttingDown) });
+        assert_eq!(
+            answers.len(),
+            2,
+            "nothing is served after shutdown: {answers:?}"
+        );
+        assert!(matches!(
+            answers[0],
+            GuestMessage::Response {
+                id: 1,
+                result: Ok(Response::Pong { .. })
+            }
+        ));
+        assert_eq!(
+            answers[1],
+            GuestMessage::Response {
+                id: 2,
+                result: Ok(Response::ShuttingDown)
+            }
+        );
     }
 
     #[test]
     fn oversized_frame_gets_an_error_and_serving_goes_on() {
         let mut input = (husk_protocol::MAX_FRAME_LEN + 1).to_be_bytes().to_vec();
-        input.resize(input.len() + husk_protocol::MAX_FRAME_LEN as usize + 1, b'x');
+        input.resize(
+            input.len() + husk_protocol::MAX_FRAME_LEN as usize + 1,
+            b'x',
+        );
         input.extend(request(5, Request::Ping));
 
         let (outcome, answers) = serve_bytes(input, Path::new("/"));
@@ -162,7 +199,13 @@ mod tests {
             matches!(&answers[0], GuestMessage::ProtocolError { message } if message.contains("over the limit")),
             "{answers:?}"
         );
-        assert!(matches!(answers[1], GuestMessage::Response { id: 5, result: Ok(_) }));
+        assert!(matches!(
+            answers[1],
+            GuestMessage::Response {
+                id: 5,
+                result: Ok(_)
+            }
+        ));
     }
 
     #[test]
@@ -172,7 +215,9 @@ mod tests {
 
         let (_, answers) = serve_bytes(input, Path::new("/"));
 
-        assert!(matches!(&answers[0], GuestMessage::ProtocolError { message } if message.contains("malformed")));
+        assert!(
+            matches!(&answers[0], GuestMessage::ProtocolError { message } if message.contains("malformed"))
+        );
     }
 
     #[test]
@@ -192,24 +237,40 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/f"), b"hello").unwrap();
 
-        let got = handle(&Request::ReadFile { path: "sub/f".into() }, &dir);
+        let got = handle(
+            &Request::ReadFile {
+                path: "sub/f".into(),
+            },
+            &dir,
+        );
 
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(got, Ok(Response::File { data: b"hello".to_vec().into() }));
+        assert_eq!(
+            got,
+            Ok(Response::File {
+                data: b"hello".to_vec().into()
+            })
+        );
     }
 
     #[test]
     fn read_file_refuses_escaping_paths() {
         for path in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
-            let err = handle(&Request::ReadFile { path: path.into() }, Path::new("/tmp")).unwrap_err();
+            let err =
+                handle(&Request::ReadFile { path: path.into() }, Path::new("/tmp")).unwrap_err();
             assert!(err.message.contains("must be relative"), "{path}: {err}");
         }
     }
 
     #[test]
     fn read_file_of_a_missing_file_names_it_with_errno() {
-        let err = handle(&Request::ReadFile { path: "missing".into() }, Path::new("/nonexistent"))
-            .unwrap_err();
+        let err = handle(
+            &Request::ReadFile {
+                path: "missing".into(),
+            },
+            Path::new("/nonexistent"),
+        )
+        .unwrap_err();
         assert_eq!(err.errno, Some(libc::ENOENT));
         assert!(err.message.contains("/nonexistent/missing"), "{err}");
     }

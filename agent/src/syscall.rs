@@ -41,11 +41,19 @@ impl Syscalls for LinuxSyscalls {
         let target = cstring(&target.to_string_lossy())?;
         let fstype = cstring(fstype)?;
         let data = data.map(cstring).transpose()?;
-        let data_ptr = data.as_ref().map_or(std::ptr::null(), |d| d.as_ptr().cast());
+        let data_ptr = data
+            .as_ref()
+            .map_or(std::ptr::null(), |d| d.as_ptr().cast());
         // SAFETY: all pointers come from CStrings that live until after the call;
         // `data` is either NULL or a NUL-terminated string, as mount(2) expects.
         let rc = unsafe {
-            libc::mount(source.as_ptr(), target.as_ptr(), fstype.as_ptr(), flags, data_ptr)
+            libc::mount(
+                source.as_ptr(),
+                target.as_ptr(),
+                fstype.as_ptr(),
+                flags,
+                data_ptr,
+            )
         };
         if rc == 0 {
             Ok(())
@@ -102,7 +110,9 @@ pub mod test {
         }
 
         fn create_dir_all(&self, path: &Path) -> io::Result<()> {
-            self.calls.borrow_mut().push(Call::Mkdir(path.display().to_string()));
+            self.calls
+                .borrow_mut()
+                .push(Call::Mkdir(path.display().to_string()));
             Ok(())
         }
     }

@@ -77,8 +77,10 @@ impl AgentListener {
         name.push(format!("_{port}"));
         let path = PathBuf::from(name);
         let _ = std::fs::remove_file(&path);
-        let listener = UnixListener::bind(&path)
-            .map_err(|source| AgentClientError::Listen { path: path.clone(), source })?;
+        let listener = UnixListener::bind(&path).map_err(|source| AgentClientError::Listen {
+            path: path.clone(),
+            source,
+        })?;
         Ok(AgentListener { listener, path })
     }
 
@@ -108,7 +110,10 @@ impl AgentListener {
             let wait = (deadline - now).min(Duration::from_millis(20));
             if poll_readable(self.listener.as_raw_fd(), wait)? {
                 let (stream, _) = self.listener.accept()?;
-                return AgentConn::handshake(stream, deadline.saturating_duration_since(Instant::now()));
+                return AgentConn::handshake(
+                    stream,
+                    deadline.saturating_duration_since(Instant::now()),
+                );
             }
         }
     }
@@ -122,7 +127,11 @@ impl Drop for AgentListener {
 
 /// Waits up to `timeout` for `fd` to become readable.
 fn poll_readable(fd: i32, timeout: Duration) -> io::Result<bool> {
-    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
     let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
     // SAFETY: one valid pollfd, count 1.
     let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
@@ -158,7 +167,12 @@ impl AgentConn {
             }
         };
         check_version(hello.protocol_version)?;
-        Ok(AgentConn { reader, writer, hello, next_id: 1 })
+        Ok(AgentConn {
+            reader,
+            writer,
+            hello,
+            next_id: 1,
+        })
     }
 
     /// What the agent said at boot.
@@ -167,15 +181,24 @@ impl AgentConn {
     }
 
     /// Sends `request` and waits up to `timeout` for its response.
-    pub fn request(&mut self, request: Request, timeout: Duration) -> Result<Response, AgentClientError> {
+    pub fn request(
+        &mut self,
+        request: Request,
+        timeout: Duration,
+    ) -> Result<Response, AgentClientError> {
         const WHAT: &str = "a response";
         let id = self.next_id;
         self.next_id += 1;
         write_frame(&mut self.writer, &HostMessage::Request { id, request })?;
-        self.reader.get_ref().set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         match read_message(&mut self.reader, WHAT)? {
             GuestMessage::Response { id: got, result } if got == id => Ok(result?),
-            other => Err(AgentClientError::Unexpected { expected: WHAT, got: summarize(&other) }),
+            other => Err(AgentClientError::Unexpected {
+                expected: WHAT,
+                got: summarize(&other),
+            }),
         }
     }
 
@@ -186,9 +209,16 @@ impl AgentConn {
         Ok(())
     }
 
+    /// Closes the connection in both directions.
+    pub fn disconnect(&mut self) {
+        let _ = self.writer.shutdown(std::net::Shutdown::Both);
+    }
+
     /// Reads the next message, whatever it is.
     pub fn receive(&mut self, timeout: Duration) -> Result<GuestMessage, AgentClientError> {
-        self.reader.get_ref().set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
+        self.reader
+            .get_ref()
+            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
         read_message(&mut self.reader, "a message")
     }
 }
@@ -201,9 +231,17 @@ fn read_message(
         Ok(Some(message)) => Ok(message),
         Ok(None) => Err(AgentClientError::Closed(what)),
         Err(FrameError::Io(e))
-            if matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut) =>
+            if matches!(
+                e.kind(),
+                io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+            ) =>
         {
-            let timeout = reader.get_ref().read_timeout().ok().flatten().unwrap_or_default();
+            let timeout = reader
+                .get_ref()
+                .read_timeout()
+                .ok()
+                .flatten()
+                .unwrap_or_default();
             Err(AgentClientError::Timeout(timeout, what))
         }
         Err(e) => Err(e.into()),
@@ -243,7 +281,13 @@ mod tests {
     }
 
     /// A listener in a temp dir and a fake agent connecting to it.
-    fn connect_fake_agent(first: Vec<u8>) -> (tempfile::TempDir, Result<AgentConn, AgentClientError>, UnixStream) {
+    fn connect_fake_agent(
+        first: Vec<u8>,
+    ) -> (
+        tempfile::TempDir,
+        Result<AgentConn, AgentClientError>,
+        UnixStream,
+    ) {
         let dir = tempfile::tempdir().unwrap();
         let listener = AgentListener::bind(&dir.path().join("vsock.sock"), 1024).unwrap();
         let mut agent = UnixStream::connect(listener.path()).unwrap();
@@ -279,7 +323,11 @@ mod tests {
     fn oversized_hello_is_refused_without_reading_it_all() {
         let (_dir, conn, _agent) = connect_fake_agent(u32::MAX.to_be_bytes().to_vec());
         let err = conn.err().unwrap();
-        assert!(err.to_string().contains("over the limit") || err.to_string().contains("middle of a frame"), "{err}");
+        assert!(
+            err.to_string().contains("over the limit")
+                || err.to_string().contains("middle of a frame"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -292,7 +340,10 @@ mod tests {
         agent.write_all(&frame).unwrap();
         drop(agent);
 
-        let err = listener.accept(Instant::now() + Duration::from_secs(5), || None).err().unwrap();
+        let err = listener
+            .accept(Instant::now() + Duration::from_secs(5), || None)
+            .err()
+            .unwrap();
 
         assert!(err.to_string().contains("middle of a frame"), "{err}");
     }
@@ -301,8 +352,14 @@ mod tests {
     fn silence_times_out() {
         let dir = tempfile::tempdir().unwrap();
         let listener = AgentListener::bind(&dir.path().join("vsock.sock"), 1024).unwrap();
-        let err = listener.accept(Instant::now() + Duration::from_millis(50), || None).err().unwrap();
-        assert!(matches!(err, AgentClientError::Timeout(_, "the agent's hello")), "{err}");
+        let err = listener
+            .accept(Instant::now() + Duration::from_millis(50), || None)
+            .err()
+            .unwrap();
+        assert!(
+            matches!(err, AgentClientError::Timeout(_, "the agent's hello")),
+            "{err}"
+        );
     }
 
     #[test]
@@ -310,7 +367,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let listener = AgentListener::bind(&dir.path().join("vsock.sock"), 1024).unwrap();
         let err = listener
-            .accept(Instant::now() + Duration::from_secs(10), || Some("qemu exit status: 1".into()))
+            .accept(Instant::now() + Duration::from_secs(10), || {
+                Some("qemu exit status: 1".into())
+            })
             .err()
             .unwrap();
         assert!(err.to_string().contains("qemu exit status: 1"), "{err}");
@@ -320,17 +379,24 @@ mod tests {
     fn response_with_a_wrong_id_is_unexpected() {
         let (_dir, conn, mut agent) = connect_fake_agent(encode(&hello(PROTOCOL_VERSION)).unwrap());
         let mut conn = conn.unwrap();
-        let wrong = GuestMessage::Response { id: 42, result: Ok(Response::ShuttingDown) };
+        let wrong = GuestMessage::Response {
+            id: 42,
+            result: Ok(Response::ShuttingDown),
+        };
         agent.write_all(&encode(&wrong).unwrap()).unwrap();
 
-        let err = conn.request(Request::Ping, Duration::from_secs(5)).unwrap_err();
+        let err = conn
+            .request(Request::Ping, Duration::from_secs(5))
+            .unwrap_err();
 
         assert!(matches!(err, AgentClientError::Unexpected { .. }), "{err}");
     }
 
     #[test]
     fn summary_of_a_huge_message_is_bounded() {
-        let message = GuestMessage::ProtocolError { message: "é".repeat(10_000) };
+        let message = GuestMessage::ProtocolError {
+            message: "é".repeat(10_000),
+        };
         assert!(summarize(&message).len() <= 210);
     }
 }

@@ -27,18 +27,28 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
     let (config, config_path) = Config::load()?;
     let line = |out: &mut dyn Write, label: &str, value: &str| writeln!(out, "{label:<12}{value}");
     line(out, "husk", env!("CARGO_PKG_VERSION"))?;
-    let source = config_path.map_or("defaults (no config file)".into(), |p| p.display().to_string());
+    let source = config_path.map_or("defaults (no config file)".into(), |p| {
+        p.display().to_string()
+    });
     line(out, "config", &source)?;
 
     let host = Virtualization::probe();
     line(out, "kvm", &host.describe())?;
     let selection = hypervisor::select(&config, &host)?;
-    line(out, "backend", &format!("{}: {}", selection.hypervisor.name(), selection.reason))?;
+    line(
+        out,
+        "backend",
+        &format!("{}: {}", selection.hypervisor.name(), selection.reason),
+    )?;
 
     let mut missing = Vec::new();
     for (label, path) in [("kernel", &config.kernel), ("initramfs", &config.initramfs)] {
         match std::fs::metadata(path) {
-            Ok(m) => line(out, label, &format!("{} ({} KiB)", path.display(), m.len() / 1024))?,
+            Ok(m) => line(
+                out,
+                label,
+                &format!("{} ({} KiB)", path.display(), m.len() / 1024),
+            )?,
             Err(e) => {
                 line(out, label, &format!("MISSING {}: {e}", path.display()))?;
                 missing.push(label);
@@ -51,7 +61,11 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
         ("vsock", &config.vsock_backend),
     ] {
         match resolve_binary(label, path) {
-            Ok(found) => line(out, label, &format!("{} ({})", found.display(), version_of(&found)))?,
+            Ok(found) => line(
+                out,
+                label,
+                &format!("{} ({})", found.display(), version_of(&found)),
+            )?,
             Err(e) => {
                 line(out, label, &format!("MISSING: {e}"))?;
                 missing.push(label);
@@ -68,12 +82,23 @@ pub fn run(out: &mut dyn Write) -> Result<()> {
 
     writeln!(out, "boot test:")?;
     boot_test(&config, selection.hypervisor.as_ref(), out)?;
-    writeln!(out, "ok: husk can run containers on this host with {}", selection.hypervisor.name())?;
+    writeln!(
+        out,
+        "ok: husk can run containers on this host with {}",
+        selection.hypervisor.name()
+    )?;
     Ok(())
 }
 
-fn boot_test(config: &Config, hypervisor: &dyn hypervisor::Hypervisor, out: &mut dyn Write) -> Result<()> {
-    let state = tempfile::Builder::new().prefix("husk-check-").tempdir().context("creating a state directory")?;
+fn boot_test(
+    config: &Config,
+    hypervisor: &dyn hypervisor::Hypervisor,
+    out: &mut dyn Write,
+) -> Result<()> {
+    let state = tempfile::Builder::new()
+        .prefix("husk-check-")
+        .tempdir()
+        .context("creating a state directory")?;
     let shared = state.path().join("shared");
     std::fs::create_dir(&shared)?;
     let token = format!("husk check {} {:?}\n", std::process::id(), Instant::now());
@@ -85,10 +110,18 @@ fn boot_test(config: &Config, hypervisor: &dyn hypervisor::Hypervisor, out: &mut
         memory_mib: config.memory_mib,
         shared_dir: shared,
         state_dir: state.path().to_path_buf(),
-        cmdline_extra: config.kernel_cmdline.split_whitespace().map(String::from).collect(),
+        cmdline_extra: config
+            .kernel_cmdline
+            .split_whitespace()
+            .map(String::from)
+            .collect(),
     };
     let phase = |out: &mut dyn Write, name: &str, took: Duration, note: &str| {
-        writeln!(out, "  {name:<28}{:>8.1} ms  {note}", took.as_secs_f64() * 1000.0)
+        writeln!(
+            out,
+            "  {name:<28}{:>8.1} ms  {note}",
+            took.as_secs_f64() * 1000.0
+        )
     };
 
     let timeout = Duration::from_millis(config.boot_timeout_ms);
@@ -118,15 +151,25 @@ fn boot_test(config: &Config, hypervisor: &dyn hypervisor::Hypervisor, out: &mut
     }
 
     let t = Instant::now();
-    match guest.agent().request(Request::ReadFile { path: PROBE_FILE.into() }, REQUEST_TIMEOUT)? {
-        Response::File { data } if data.0 == token.as_bytes() => {
-            phase(out, "virtio-fs read", t.elapsed(), &format!("{} bytes, content matches", data.0.len()))?
-        }
+    match guest.agent().request(
+        Request::ReadFile {
+            path: PROBE_FILE.into(),
+        },
+        REQUEST_TIMEOUT,
+    )? {
+        Response::File { data } if data.0 == token.as_bytes() => phase(
+            out,
+            "virtio-fs read",
+            t.elapsed(),
+            &format!("{} bytes, content matches", data.0.len()),
+        )?,
         other => bail!("reading {PROBE_FILE} through virtio-fs gave {other:?}, expected {token:?}"),
     }
 
     let t = Instant::now();
-    let exit = guest.shutdown(REQUEST_TIMEOUT).context("shutting the check VM down")?;
+    let exit = guest
+        .shutdown(REQUEST_TIMEOUT)
+        .context("shutting the check VM down")?;
     phase(out, "shutdown", t.elapsed(), &exit.description)?;
     leftover_sockets(state.path())?;
     Ok(())
@@ -138,7 +181,10 @@ fn leftover_sockets(state: &Path) -> Result<()> {
     for entry in std::fs::read_dir(state)? {
         let entry = entry?;
         if entry.file_type()?.is_socket() {
-            bail!("socket {} left behind after shutdown", entry.path().display());
+            bail!(
+                "socket {} left behind after shutdown",
+                entry.path().display()
+            );
         }
     }
     Ok(())
@@ -147,7 +193,12 @@ fn leftover_sockets(state: &Path) -> Result<()> {
 /// The first line of `BINARY --version`, or why it could not be read.
 fn version_of(binary: &Path) -> String {
     match Command::new(binary).arg("--version").output() {
-        Ok(out) => String::from_utf8_lossy(&out.stdout).lines().next().unwrap_or("no version").trim().to_string(),
+        Ok(out) => String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .next()
+            .unwrap_or("no version")
+            .trim()
+            .to_string(),
         Err(e) => format!("--version failed: {e}"),
     }
 }

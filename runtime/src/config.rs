@@ -142,8 +142,10 @@ impl Config {
 
     /// Reads and validates one file.
     pub fn from_file(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.into(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.into(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -153,12 +155,21 @@ impl Config {
             path: path.into(),
             message: e.to_string().trim_end().to_string(),
         })?;
-        let invalid = |message: String| ConfigError::Invalid { path: path.into(), message };
+        let invalid = |message: String| ConfigError::Invalid {
+            path: path.into(),
+            message,
+        };
         if !(1..=64).contains(&config.vcpus) {
-            return Err(invalid(format!("vcpus = {} is outside 1..=64", config.vcpus)));
+            return Err(invalid(format!(
+                "vcpus = {} is outside 1..=64",
+                config.vcpus
+            )));
         }
         if config.memory_mib < 64 {
-            return Err(invalid(format!("memory_mib = {} is below the minimum of 64", config.memory_mib)));
+            return Err(invalid(format!(
+                "memory_mib = {} is below the minimum of 64",
+                config.memory_mib
+            )));
         }
         if config.boot_timeout_ms == 0 {
             return Err(invalid("boot_timeout_ms must be above 0".into()));
@@ -199,7 +210,8 @@ mod tests {
 
     #[test]
     fn values_override_defaults() {
-        let config = parse("backend = \"qemu\"\naccel = \"tcg\"\nvcpus = 2\nkernel = \"/k\"\n").unwrap();
+        let config =
+            parse("backend = \"qemu\"\naccel = \"tcg\"\nvcpus = 2\nkernel = \"/k\"\n").unwrap();
         assert_eq!(config.backend, BackendChoice::Qemu);
         assert_eq!(config.accel, Accel::Tcg);
         assert_eq!(config.vcpus, 2);
@@ -228,7 +240,9 @@ mod tests {
 
     #[test]
     fn missing_explicit_file_is_an_error_naming_it() {
-        let err = Config::from_file(Path::new("/nonexistent/husk.toml")).unwrap_err().to_string();
+        let err = Config::from_file(Path::new("/nonexistent/husk.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/nonexistent/husk.toml"), "{err}");
     }
 

@@ -56,13 +56,18 @@ pub struct Guest {
 impl Guest {
     /// Starts a VM and waits up to `timeout` for its agent. On failure the VM
     /// is stopped and its sockets are gone.
-    pub fn boot(hypervisor: &dyn Hypervisor, config: &VmConfig, timeout: Duration) -> Result<Guest, GuestError> {
+    pub fn boot(
+        hypervisor: &dyn Hypervisor,
+        config: &VmConfig,
+        timeout: Duration,
+    ) -> Result<Guest, GuestError> {
         let started = Instant::now();
-        let listener = AgentListener::bind(&config.vsock_uds(), AGENT_PORT)
-            .map_err(|e| GuestError::Start(HypervisorError::Spawn {
+        let listener = AgentListener::bind(&config.vsock_uds(), AGENT_PORT).map_err(|e| {
+            GuestError::Start(HypervisorError::Spawn {
                 what: "the agent listener",
                 source: std::io::Error::other(e.to_string()),
-            }))?;
+            })
+        })?;
         let mut vm = hypervisor.start(config)?;
         let launch = started.elapsed();
         let accepted = listener.accept(started + timeout, || {
@@ -72,13 +77,20 @@ impl Guest {
             Ok(agent) => Ok(Guest {
                 vm,
                 agent,
-                timings: BootTimings { launch, hello: started.elapsed() },
+                timings: BootTimings {
+                    launch,
+                    hello: started.elapsed(),
+                },
                 _listener: listener,
             }),
             Err(source) => {
                 let _ = vm.stop();
                 let console = vm.console_log().to_path_buf();
-                Err(GuestError::NoAgent { source, tail: console_tail(&console, CONSOLE_TAIL_LINES), console })
+                Err(GuestError::NoAgent {
+                    source,
+                    tail: console_tail(&console, CONSOLE_TAIL_LINES),
+                    console,
+                })
             }
         }
     }
@@ -104,10 +116,9 @@ impl Guest {
         let exit = self.vm.stop()?;
         match (answer, ended) {
             (Ok(Response::ShuttingDown), Some(exit)) => Ok(exit),
-            (Ok(Response::ShuttingDown), None) => Err(GuestError::Agent(AgentClientError::Timeout(
-                timeout,
-                "the VM to power off",
-            ))),
+            (Ok(Response::ShuttingDown), None) => Err(GuestError::Agent(
+                AgentClientError::Timeout(timeout, "the VM to power off"),
+            )),
             (Ok(other), _) => Err(GuestError::Agent(AgentClientError::Unexpected {
                 expected: "shutting_down",
                 got: format!("{other:?}"),

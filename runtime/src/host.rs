@@ -37,7 +37,9 @@ impl Virtualization {
     /// Decides from the raw facts (separate for tests).
     pub fn classify(cpuinfo: &str, dev_kvm: bool, pvm_module: bool) -> Self {
         if !dev_kvm {
-            return Virtualization::Unavailable { reason: "/dev/kvm does not exist".into() };
+            return Virtualization::Unavailable {
+                reason: "/dev/kvm does not exist".into(),
+            };
         }
         if pvm_module {
             return Virtualization::Pvm;
@@ -88,7 +90,10 @@ mod tests {
 
     #[test]
     fn pvm_module_wins_over_flags() {
-        assert_eq!(Virtualization::classify(INTEL, true, true), Virtualization::Pvm);
+        assert_eq!(
+            Virtualization::classify(INTEL, true, true),
+            Virtualization::Pvm
+        );
     }
 
     #[test]

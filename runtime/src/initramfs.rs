@@ -24,10 +24,30 @@ struct Entry<'a> {
 /// Writes the archive with `init` as `/init` (mode 0755).
 pub fn write_initramfs<W: Write>(out: &mut W, init: &[u8]) -> io::Result<()> {
     let entries = [
-        Entry { name: "dev", mode: S_IFDIR | 0o755, rdev: (0, 0), data: &[] },
-        Entry { name: "dev/console", mode: S_IFCHR | 0o600, rdev: (5, 1), data: &[] },
-        Entry { name: "init", mode: S_IFREG | 0o755, rdev: (0, 0), data: init },
-        Entry { name: "TRAILER!!!", mode: 0, rdev: (0, 0), data: &[] },
+        Entry {
+            name: "dev",
+            mode: S_IFDIR | 0o755,
+            rdev: (0, 0),
+            data: &[],
+        },
+        Entry {
+            name: "dev/console",
+            mode: S_IFCHR | 0o600,
+            rdev: (5, 1),
+            data: &[],
+        },
+        Entry {
+            name: "init",
+            mode: S_IFREG | 0o755,
+            rdev: (0, 0),
+            data: init,
+        },
+        Entry {
+            name: "TRAILER!!!",
+            mode: 0,
+            rdev: (0, 0),
+            data: &[],
+        },
     ];
     let mut offset = 0usize;
     for (ino, entry) in entries.iter().enumerate() {
@@ -89,7 +109,10 @@ mod tests {
 
     /// Parses names, modes and data back (a minimal reader for the test).
     fn members(bytes: &[u8]) -> Vec<(String, u32, Vec<u8>)> {
-        let field = |b: &[u8], i: usize| u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16).unwrap();
+        let field = |b: &[u8], i: usize| {
+            u32::from_str_radix(std::str::from_utf8(&b[6 + i * 8..14 + i * 8]).unwrap(), 16)
+                .unwrap()
+        };
         let align = |n: usize| (n + 3) & !3;
         let mut out = Vec::new();
         let mut pos = 0;
@@ -97,7 +120,8 @@ mod tests {
             let h = &bytes[pos..pos + 110];
             assert_eq!(&h[..6], b"070701");
             let (mode, size, namesize) = (field(h, 1), field(h, 6) as usize, field(h, 11) as usize);
-            let name = String::from_utf8(bytes[pos + 110..pos + 110 + namesize - 1].to_vec()).unwrap();
+            let name =
+                String::from_utf8(bytes[pos + 110..pos + 110 + namesize - 1].to_vec()).unwrap();
             pos = align(pos + 110 + namesize);
             let data = bytes[pos..pos + size].to_vec();
             pos = align(pos + size);

@@ -22,7 +22,9 @@ impl ChildGuard {
     /// Starts `cmd` with stdin from /dev/null and stdout+stderr into `log`.
     pub fn spawn(name: &'static str, mut cmd: Command, log: &Path) -> io::Result<Self> {
         let out = File::create(log)?;
-        cmd.stdin(Stdio::null()).stdout(out.try_clone()?).stderr(out);
+        cmd.stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
         // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
@@ -33,7 +35,11 @@ impl ChildGuard {
             });
         }
         let child = cmd.spawn()?;
-        Ok(ChildGuard { name, child: Some(child), status: None })
+        Ok(ChildGuard {
+            name,
+            child: Some(child),
+            status: None,
+        })
     }
 
     /// The process id.
@@ -127,7 +133,11 @@ pub fn wait_for_socket(helper: &mut ChildGuard, path: &Path, timeout: Duration) 
         if Instant::now() >= deadline {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
-                format!("{} did not create {} within {timeout:?}", helper.name(), path.display()),
+                format!(
+                    "{} did not create {} within {timeout:?}",
+                    helper.name(),
+                    path.display()
+                ),
             ));
         }
         std::thread::sleep(Duration::from_millis(1));

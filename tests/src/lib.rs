@@ -1,1 +1,164 @@
-//! x
+//! Fixtures for husk's end-to-end tests: they boot real guests.
+//!
+//! The environment comes from `$HUSK_TEST_CONFIG`, a husk config file that
+//! `hack/test.sh` writes after building the kernel and initramfs. Without it
+//! (or when a file it names is missing) every test here skips itself and says
+//! why; it never passes silently.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use husk::config::{resolve_binary, Config};
+use husk::host::Virtualization;
+use husk::hypervisor::{self, Hypervisor, VmConfig};
+
+/// The variable naming the test config.
+pub const TEST_CONFIG_ENV: &str = "HUSK_TEST_CONFIG";
+
+/// Boot timeout used by tests: generous, since CI machines are busy.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Everything a test needs to boot a guest.
+pub struct TestEnv {
+    /// The husk configuration under test.
+    pub config: Config,
+    /// The config file (for the CLI).
+    pub config_path: PathBuf,
+    /// The chosen backend.
+    pub hypervisor: Box<dyn Hypervisor>,
+    /// An initramfs whose /init is husk-bare-init, not the agent.
+    pub bare_initramfs: PathBuf,
+}
+
+impl TestEnv {
+    /// The environment, or why there is none.
+    pub fn load() -> Result<TestEnv, String> {
+        let path = std::env::var_os(TEST_CONFIG_ENV)
+            .map(PathBuf::from)
+            .ok_or_else(|| {
+                format!(
+                    "${TEST_CONFIG_ENV} is not set (hack/test.sh sets it after building the guest)"
+                )
+            })?;
+        let config = Config::from_file(&path).map_err(|e| e.to_string())?;
+        for file in [&config.kernel, &config.initramfs] {
+            if !file.is_file() {
+                return Err(format!(
+                    "{} does not exist (run hack/test.sh)",
+                    file.display()
+                ));
+            }
+        }
+        for (what, binary) in [
+            ("qemu", &config.qemu),
+            ("virtiofsd", &config.virtiofsd),
+            ("vsock", &config.vsock_backend),
+        ] {
+            resolve_binary(what, binary)?;
+        }
+        let bare_initramfs = config.initramfs.with_file_name("bare-initramfs.cpio");
+        let selection =
+            hypervisor::select(&config, &Virtualization::probe()).map_err(|e| e.to_string())?;
+        Ok(TestEnv {
+            config,
+            config_path: path,
+            hypervisor: selection.hypervisor,
+            bare_initramfs,
+        })
+    }
+
+    /// A VM config for a guest whose state lives in `state_dir`, sharing
+    /// `state_dir/shared` (created here).
+    pub fn vm_config(&self, state_dir: &Path) -> VmConfig {
+        let shared = state_dir.join("shared");
+        std::fs::create_dir_all(&shared).expect("creating the shared directory");
+        VmConfig {
+            kernel: self.config.kernel.clone(),
+            initramfs: self.config.initramfs.clone(),
+            vcpus: self.config.vcpus,
+            memory_mib: self.config.memory_mib,
+            shared_dir: shared,
+            state_dir: state_dir.to_path_buf(),
+            cmdline_extra: vec![],
+        }
+    }
+}
+
+/// Loads the [`TestEnv`] or returns from the test after printing why it skips.
+#[macro_export]
+macro_rules! env_or_skip {
+    () => {
+        match $crate::TestEnv::load() {
+            Ok(env) => env,
+            Err(why) => {
+                eprintln!("SKIPPED {}: {why}", module_path!());
+                return;
+            }
+        }
+    };
+}
+
+/// The `husk` binary built alongside the tests.
+pub fn husk_binary() -> Result<PathBuf, String> {
+    if let Some(path) = std::env::var_os("HUSK_BIN") {
+        return Ok(path.into());
+    }
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let path = target.join("debug/husk");
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "{} not built (cargo build --workspace first; hack/test.sh does)",
+            path.display()
+        ))
+    }
+}
+
+/// True while process `pid` exists (and is not a zombie of ours).
+pub fn process_exists(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit(')')
+            .next()
+            .unwrap_or("")
+            .trim_start()
+            .starts_with('Z'),
+        Err(_) => false,
+    }
+}
+
+/// The sockets left in `dir` (a clean shutdown leaves none).
+pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
+    use std::os::unix::fs::FileTypeExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().map(|t| t.is_socket()).unwrap_or(false))
+                .map(|e| e.path())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Pids of the helper processes a VM with state in `dir` started (matched by
+/// the state directory on their command line).
+pub fn helpers_of(dir: &Path) -> Vec<u32> {
+    let needle = dir.to_string_lossy().into_owned();
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        if String::from_utf8_lossy(&cmdline).contains(&needle) && process_exists(pid) {
+            pids.push(pid);
+        }
+    }
+    pids
+}

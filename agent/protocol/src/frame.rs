@@ -60,7 +60,10 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
     serde_json::to_writer(&mut buf, msg).map_err(FrameError::Malformed)?;
     let len = buf.len() - HEADER_LEN;
     if len > MAX_FRAME_LEN as usize {
-        return Err(FrameError::TooLarge { len: len as u64, limit: MAX_FRAME_LEN });
+        return Err(FrameError::TooLarge {
+            len: len as u64,
+            limit: MAX_FRAME_LEN,
+        });
     }
     buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
     Ok(buf)
@@ -104,12 +107,18 @@ impl<R: Read> FrameReader<R> {
             return Ok(None);
         }
         if got < HEADER_LEN {
-            return Err(FrameError::Truncated { got, expected: HEADER_LEN });
+            return Err(FrameError::Truncated {
+                got,
+                expected: HEADER_LEN,
+            });
         }
         let len = u32::from_be_bytes(header);
         if len > self.limit {
             self.skip(len)?;
-            return Err(FrameError::TooLarge { len: len.into(), limit: self.limit });
+            return Err(FrameError::TooLarge {
+                len: len.into(),
+                limit: self.limit,
+            });
         }
         let mut body = vec![0u8; len as usize];
         let got = read_full(&mut self.inner, &mut body)?;
@@ -126,15 +135,17 @@ impl<R: Read> FrameReader<R> {
     pub fn read_frame<T: DeserializeOwned>(&mut self) -> Result<Option<T>, FrameError> {
         match self.read_body()? {
             None => Ok(None),
-            Some(body) => serde_json::from_slice(&body).map(Some).map_err(FrameError::Malformed),
+            Some(body) => serde_json::from_slice(&body)
+                .map(Some)
+                .map_err(FrameError::Malformed),
         }
     }
 
     /// Discards an oversized body without buffering it.
     fn skip(&mut self, len: u32) -> Result<(), FrameError> {
         let want = u64::from(len);
-        let skipped = io::copy(&mut (&mut self.inner).take(want), &mut io::sink())
-            .map_err(FrameError::Io)?;
+        let skipped =
+            io::copy(&mut (&mut self.inner).take(want), &mut io::sink()).map_err(FrameError::Io)?;
         if skipped < want {
             return Err(FrameError::Truncated {
                 got: HEADER_LEN + skipped as usize,
@@ -166,7 +177,10 @@ mod tests {
     use std::io::Cursor;
 
     fn ping(id: u64) -> HostMessage {
-        HostMessage::Request { id, request: Request::Ping }
+        HostMessage::Request {
+            id,
+            request: Request::Ping,
+        }
     }
 
     #[test]
@@ -199,7 +213,16 @@ mod tests {
 
         let err = reader.read_frame::<HostMessage>().unwrap_err();
 
-        assert!(matches!(err, FrameError::TooLarge { len: 100, limit: 64 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::TooLarge {
+                    len: 100,
+                    limit: 64
+                }
+            ),
+            "{err}"
+        );
         assert!(err.is_recoverable());
         assert_eq!(reader.read_frame::<HostMessage>().unwrap(), Some(ping(3)));
     }
@@ -218,7 +241,16 @@ mod tests {
     fn peer_leaving_inside_the_header_is_truncation() {
         let mut reader = FrameReader::new(Cursor::new(vec![0u8, 0]));
         let err = reader.read_body().unwrap_err();
-        assert!(matches!(err, FrameError::Truncated { got: 2, expected: 4 }), "{err}");
+        assert!(
+            matches!(
+                err,
+                FrameError::Truncated {
+                    got: 2,
+                    expected: 4
+                }
+            ),
+            "{err}"
+        );
         assert!(!err.is_recoverable());
     }
 
@@ -255,7 +287,9 @@ mod tests {
     fn encode_refuses_a_body_over_the_limit() {
         let big = HostMessage::Request {
             id: 1,
-            request: Request::ReadFile { path: "x".repeat(MAX_FRAME_LEN as usize) },
+            request: Request::ReadFile {
+                path: "x".repeat(MAX_FRAME_LEN as usize),
+            },
         };
         assert!(matches!(encode(&big), Err(FrameError::TooLarge { .. })));
     }

@@ -40,7 +40,10 @@ pub fn check_version(peer: u32) -> Result<(), VersionMismatch> {
     if peer == PROTOCOL_VERSION {
         Ok(())
     } else {
-        Err(VersionMismatch { ours: PROTOCOL_VERSION, theirs: peer })
+        Err(VersionMismatch {
+            ours: PROTOCOL_VERSION,
+            theirs: peer,
+        })
     }
 }
 
@@ -52,6 +55,34 @@ pub struct VersionMismatch {
     pub ours: u32,
     /// The version the peer announced.
     pub theirs: u32,
+}
+
+/// Decodes `bytes` as a stream of frames of both directions until the first
+/// unrecoverable error. The body of the fuzz target, public so that a unit
+/// test can run it too; it must never panic.
+#[doc(hidden)]
+pub fn fuzz_decode(bytes: &[u8]) {
+    for_each_direction(bytes, |reader| {
+        reader.read_frame::<HostMessage>().map(|m| m.is_some())
+    });
+    for_each_direction(bytes, |reader| {
+        reader.read_frame::<GuestMessage>().map(|m| m.is_some())
+    });
+}
+
+fn for_each_direction(
+    bytes: &[u8],
+    mut next: impl FnMut(&mut FrameReader<&[u8]>) -> Result<bool, FrameError>,
+) {
+    let mut reader = FrameReader::with_limit(bytes, 4096);
+    loop {
+        match next(&mut reader) {
+            Ok(true) => continue,
+            Ok(false) => break,
+            Err(e) if e.is_recoverable() => continue,
+            Err(_) => break,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -67,31 +98,13 @@ mod tests {
     fn other_version_is_refused_with_both_numbers() {
         let err = check_version(PROTOCOL_VERSION + 1).unwrap_err();
         let text = err.to_string();
-        assert!(text.contains(&format!("version {}", PROTOCOL_VERSION + 1)), "{text}");
-        assert!(text.contains(&format!("speaks {PROTOCOL_VERSION}")), "{text}");
-    }
-}
-
-/// Decodes `bytes` as a stream of frames of both directions until the first
-/// unrecoverable error. The body of the fuzz target, public so that a unit
-/// test can run it too; it must never panic.
-#[doc(hidden)]
-pub fn fuzz_decode(bytes: &[u8]) {
-    for_each_direction(bytes, |reader| reader.read_frame::<HostMessage>().map(|m| m.is_some()));
-    for_each_direction(bytes, |reader| reader.read_frame::<GuestMessage>().map(|m| m.is_some()));
-}
-
-fn for_each_direction(
-    bytes: &[u8],
-    mut next: impl FnMut(&mut FrameReader<&[u8]>) -> Result<bool, FrameError>,
-) {
-    let mut reader = FrameReader::with_limit(bytes, 4096);
-    loop {
-        match next(&mut reader) {
-            Ok(true) => continue,
-            Ok(false) => break,
-            Err(e) if e.is_recoverable() => continue,
-            Err(_) => break,
-        }
+        assert!(
+            text.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("speaks {PROTOCOL_VERSION}")),
+            "{text}"
+        );
     }
 }

@@ -132,7 +132,10 @@ pub struct AgentError {
 impl AgentError {
     /// An error without an errno.
     pub fn new(message: impl Into<String>) -> Self {
-        AgentError { errno: None, message: message.into() }
+        AgentError {
+            errno: None,
+            message: message.into(),
+        }
     }
 }
 
@@ -142,16 +145,25 @@ mod tests {
 
     #[test]
     fn request_json_is_readable() {
-        let msg = HostMessage::Request { id: 4, request: Request::ReadFile { path: "a/b".into() } };
+        let msg = HostMessage::Request {
+            id: 4,
+            request: Request::ReadFile { path: "a/b".into() },
+        };
         let json = serde_json::to_string(&msg).unwrap();
-        assert_eq!(json, r#"{"type":"request","id":4,"request":{"op":"read_file","path":"a/b"}}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"request","id":4,"request":{"op":"read_file","path":"a/b"}}"#
+        );
     }
 
     #[test]
     fn error_response_round_trips() {
         let msg = GuestMessage::Response {
             id: 1,
-            result: Err(AgentError { errno: Some(2), message: "no such file: x".into() }),
+            result: Err(AgentError {
+                errno: Some(2),
+                message: "no such file: x".into(),
+            }),
         };
         let json = serde_json::to_vec(&msg).unwrap();
         assert_eq!(serde_json::from_slice::<GuestMessage>(&json).unwrap(), msg);

@@ -10,11 +10,20 @@ fn main() {
     std::fs::create_dir_all("/proc").ok();
     // SAFETY: every pointer is a NUL-terminated literal that outlives the call.
     unsafe {
-        libc::mount(c"proc".as_ptr(), c"/proc".as_ptr(), c"proc".as_ptr(), 0, std::ptr::null());
+        libc::mount(
+            c"proc".as_ptr(),
+            c"/proc".as_ptr(),
+            c"proc".as_ptr(),
+            0,
+            std::ptr::null(),
+        );
     }
     let cmdline = std::fs::read_to_string("/proc/cmdline").unwrap_or_default();
     println!("{READY_MARKER}");
-    if cmdline.split_whitespace().any(|arg| arg == "husk.bare=hang") {
+    if cmdline
+        .split_whitespace()
+        .any(|arg| arg == "husk.bare=hang")
+    {
         loop {
             std::thread::sleep(std::time::Duration::from_secs(3600));
         }

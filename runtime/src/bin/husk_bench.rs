@@ -1,1 +1,195 @@
-fn main(){}
+//! husk-bench: repeated measurements, min / median / max, each next to a
+//! baseline measured in the same run (see `hack/bench-boot`).
+//!
+//! `husk-bench boot --runs N --bare-initramfs FILE`: N boots through husk
+//! (launch -> agent hello -> request answered -> VM gone), alternating with
+//! N boots of the same kernel under plain QEMU with a trivial init and no
+//! virtiofsd or vsock (launch -> init ready -> VM gone). The difference
+//! between the two is what husk adds over the unavoidable boot.
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use husk::config::Config;
+use husk::guest::Guest;
+use husk::host::Virtualization;
+use husk::hypervisor::{self, qemu::QemuBackend, VmConfig};
+use husk_protocol::{Request, Response};
+
+/// The line husk-bare-init prints when it runs.
+const BARE_READY: &str = "HUSK-BARE-INIT-READY";
+
+#[derive(Parser)]
+#[command(name = "husk-bench")]
+struct Cli {
+    #[command(subcommand)]
+    bench: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Boot phases of husk against a bare QEMU boot.
+    Boot {
+        /// Boots of each kind.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Initramfs whose /init is husk-bare-init.
+        #[arg(long)]
+        bare_initramfs: PathBuf,
+    },
+}
+
+/// Samples of one phase.
+#[derive(Default)]
+struct Samples(Vec<Duration>);
+
+impl Samples {
+    fn sorted(&self) -> Vec<Duration> {
+        let mut v = self.0.clone();
+        v.sort();
+        v
+    }
+    fn median(&self) -> Duration {
+        let v = self.sorted();
+        let n = v.len();
+        if n % 2 == 1 {
+            v[n / 2]
+        } else {
+            (v[n / 2 - 1] + v[n / 2]) / 2
+        }
+    }
+    fn row(&self, name: &str) -> String {
+        let v = self.sorted();
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        format!(
+            "{name:<34}{:>10.1}{:>10.1}{:>10.1}",
+            ms(v[0]),
+            ms(self.median()),
+            ms(v[v.len() - 1])
+        )
+    }
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().bench {
+        Bench::Boot {
+            runs,
+            bare_initramfs,
+        } => bench_boot(runs, bare_initramfs),
+    }
+}
+
+fn bench_boot(runs: usize, bare_initramfs: PathBuf) -> Result<()> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let (config, _) = Config::load()?;
+    let host = Virtualization::probe();
+    let (kvm, reason) = hypervisor::use_kvm(&config, &host)?;
+    let backend = QemuBackend::from_config(&config, kvm)?;
+    let timeout = Duration::from_millis(config.boot_timeout_ms);
+    println!(
+        "backend: qemu {} ({reason})",
+        if kvm { "KVM" } else { "TCG" }
+    );
+    println!(
+        "kernel: {}\nruns: {runs} of each, alternating\n",
+        config.kernel.display()
+    );
+
+    let [mut launch, mut hello, mut answered, mut gone, mut bare_ready, mut bare_gone] =
+        std::array::from_fn(|_| Samples::default());
+    for run in 0..runs {
+        let state = tempfile::Builder::new().prefix("husk-bench-").tempdir()?;
+        let shared = state.path().join("shared");
+        std::fs::create_dir(&shared)?;
+        let vm = VmConfig {
+            kernel: config.kernel.clone(),
+            initramfs: config.initramfs.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            shared_dir: shared,
+            state_dir: state.path().to_path_buf(),
+            cmdline_extra: vec![],
+        };
+
+        let t0 = Instant::now();
+        let mut guest =
+            Guest::boot(&backend, &vm, timeout).with_context(|| format!("husk boot {run}"))?;
+        launch.0.push(guest.timings.launch);
+        hello.0.push(guest.timings.hello);
+        match guest.agent().request(Request::Ping, timeout)? {
+            Response::Pong { .. } => answered.0.push(t0.elapsed()),
+            other => bail!("ping answered with {other:?}"),
+        }
+        guest.shutdown(timeout)?;
+        gone.0.push(t0.elapsed());
+
+        let bare = VmConfig {
+            initramfs: bare_initramfs.clone(),
+            ..vm
+        };
+        let (ready, exit) =
+            bare_boot(&backend, &bare, timeout).with_context(|| format!("baseline boot {run}"))?;
+        bare_ready.0.push(ready);
+        bare_gone.0.push(exit);
+        eprint!(".");
+    }
+    eprintln!();
+    println!(
+        "{:<34}{:>10}{:>10}{:>10}",
+        "phase (ms from launch)", "min", "median", "max"
+    );
+    println!("{}", launch.row("husk: VMM + helpers launched"));
+    println!("{}", hello.row("husk: agent hello"));
+    println!("{}", answered.row("husk: first request answered"));
+    println!("{}", gone.row("husk: VM gone"));
+    println!("{}", bare_ready.row("baseline: bare init ready"));
+    println!("{}", bare_gone.row("baseline: VM gone"));
+    let overhead = hello.median().as_secs_f64() - bare_ready.median().as_secs_f64();
+    println!(
+        "\nhusk overhead to agent hello (median - baseline median): {:.1} ms",
+        overhead * 1000.0
+    );
+    Ok(())
+}
+
+/// One baseline boot: plain QEMU, same machine and kernel, the bare init,
+/// console on stdout. Returns (init ready, VM gone) from launch.
+fn bare_boot(
+    backend: &QemuBackend,
+    vm: &VmConfig,
+    timeout: Duration,
+) -> Result<(Duration, Duration)> {
+    let qemu = backend.qemu_binary()?;
+    let mut cmdline = vm.base_cmdline();
+    cmdline.push("husk.backend=bare".into());
+    let t0 = Instant::now();
+    let mut child = Command::new(qemu)
+        .args(backend.machine_args(vm, false, &cmdline))
+        .args(["-serial", "stdio"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let stdout = child.stdout.take().expect("piped");
+    let mut ready = None;
+    for line in BufReader::new(stdout).lines() {
+        if line?.contains(BARE_READY) {
+            ready = Some(t0.elapsed());
+            break;
+        }
+        if t0.elapsed() > timeout {
+            break;
+        }
+    }
+    let status = child.wait()?;
+    let gone = t0.elapsed();
+    match ready {
+        Some(ready) if status.success() => Ok((ready, gone)),
+        Some(_) => bail!("baseline qemu {status}"),
+        None => bail!("the bare init never printed {BARE_READY} (qemu {status})"),
+    }
+}

@@ -86,10 +86,16 @@ impl VmConfig {
     /// backend's own device entries): serial console, reset on reboot and on
     /// panic (the agent ends the VM with a reboot), quiet boot.
     pub fn base_cmdline(&self) -> Vec<String> {
-        let mut args: Vec<String> =
-            ["console=ttyS0", "reboot=t", "panic=-1", "quiet", "8250.nr_uarts=1", "tsc=reliable"]
-                .map(String::from)
-                .to_vec();
+        let mut args: Vec<String> = [
+            "console=ttyS0",
+            "reboot=t",
+            "panic=-1",
+            "quiet",
+            "8250.nr_uarts=1",
+            "tsc=reliable",
+        ]
+        .map(String::from)
+        .to_vec();
         args.extend(self.cmdline_extra.iter().cloned());
         args
     }
@@ -98,7 +104,10 @@ impl VmConfig {
     pub fn check_files(&self) -> Result<(), HypervisorError> {
         for (what, path) in [("kernel", &self.kernel), ("initramfs", &self.initramfs)] {
             if !path.is_file() {
-                return Err(HypervisorError::MissingFile { what, path: path.clone() });
+                return Err(HypervisorError::MissingFile {
+                    what,
+                    path: path.clone(),
+                });
             }
         }
         if !self.shared_dir.is_dir() {
@@ -173,8 +182,8 @@ pub struct Selection {
     pub reason: String,
 }
 
-/// Picks the backend from the configuration and what the host offers.
-pub fn select(config: &Config, host: &Virtualization) -> Result<Selection, HypervisorError> {
+/// Whether QEMU should use KVM (else TCG) on this host, and why.
+pub fn use_kvm(config: &Config, host: &Virtualization) -> Result<(bool, String), HypervisorError> {
     let hardware = matches!(host, Virtualization::Hardware { .. });
     let (use_kvm, accel_reason) = match config.accel {
         Accel::Kvm if !hardware => {
@@ -186,19 +195,27 @@ pub fn select(config: &Config, host: &Virtualization) -> Result<Selection, Hyper
         Accel::Kvm => (true, "accel = \"kvm\" in the config".to_string()),
         Accel::Tcg => (false, "accel = \"tcg\" in the config".to_string()),
         Accel::Auto if hardware => (true, host.describe()),
-        Accel::Auto => (false, format!("{}; using software emulation", host.describe())),
+        Accel::Auto => (
+            false,
+            format!("{}; using software emulation", host.describe()),
+        ),
     };
-    let backend_reason = match config.backend {
-        BackendChoice::Builtin => {
-            return Err(HypervisorError::Unsupported(
+    Ok((use_kvm, accel_reason))
+}
+
+/// Picks the backend from the configuration and what the host offers.
+pub fn select(config: &Config, host: &Virtualization) -> Result<Selection, HypervisorError> {
+    let (use_kvm, accel_reason) = use_kvm(config, host)?;
+    let backend_reason =
+        match config.backend {
+            BackendChoice::Builtin => return Err(HypervisorError::Unsupported(
                 "backend = \"builtin\": the builtin KVM monitor is not part of this build yet; \
                  use backend = \"qemu\" or \"auto\""
                     .into(),
-            ))
-        }
-        BackendChoice::Qemu => "backend = \"qemu\" in the config",
-        BackendChoice::Auto => "the builtin monitor is not part of this build yet",
-    };
+            )),
+            BackendChoice::Qemu => "backend = \"qemu\" in the config",
+            BackendChoice::Auto => "the builtin monitor is not part of this build yet",
+        };
     let hypervisor = qemu::QemuBackend::from_config(config, use_kvm)?;
     Ok(Selection {
         reason: format!("{backend_reason}; {accel_reason}"),
@@ -211,12 +228,21 @@ mod tests {
     use super::*;
 
     fn config(accel: Accel, backend: BackendChoice) -> Config {
-        Config { accel, backend, qemu: "sh".into(), ..Config::default() }
+        Config {
+            accel,
+            backend,
+            qemu: "sh".into(),
+            ..Config::default()
+        }
     }
 
     #[test]
     fn pvm_host_gets_qemu_with_tcg() {
-        let s = select(&config(Accel::Auto, BackendChoice::Auto), &Virtualization::Pvm).unwrap();
+        let s = select(
+            &config(Accel::Auto, BackendChoice::Auto),
+            &Virtualization::Pvm,
+        )
+        .unwrap();
         assert_eq!(s.hypervisor.name(), "qemu (TCG)");
         assert!(s.reason.contains("PVM"), "{}", s.reason);
     }
@@ -230,17 +256,23 @@ mod tests {
 
     #[test]
     fn forcing_kvm_without_hardware_names_the_reason() {
-        let err = select(&config(Accel::Kvm, BackendChoice::Qemu), &Virtualization::Pvm)
-            .err()
-            .unwrap();
+        let err = select(
+            &config(Accel::Kvm, BackendChoice::Qemu),
+            &Virtualization::Pvm,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("accel = \"kvm\""), "{err}");
     }
 
     #[test]
     fn builtin_backend_is_refused_with_a_way_out() {
-        let err = select(&config(Accel::Auto, BackendChoice::Builtin), &Virtualization::Pvm)
-            .err()
-            .unwrap();
+        let err = select(
+            &config(Accel::Auto, BackendChoice::Builtin),
+            &Virtualization::Pvm,
+        )
+        .err()
+        .unwrap();
         assert!(err.to_string().contains("backend = \"qemu\""), "{err}");
     }
 
@@ -256,7 +288,10 @@ mod tests {
             cmdline_extra: vec!["husk.port=5".into()],
         };
         let line = vm.base_cmdline().join(" ");
-        assert!(line.contains("reboot=t") && line.contains("panic=-1"), "{line}");
+        assert!(
+            line.contains("reboot=t") && line.contains("panic=-1"),
+            "{line}"
+        );
         assert!(line.ends_with("husk.port=5"), "{line}");
     }
 }

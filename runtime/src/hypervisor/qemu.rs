@@ -40,30 +40,76 @@ impl QemuBackend {
         })
     }
 
-    /// The full QEMU argument list for `config` (no I/O; unit-tested).
-    pub fn qemu_args(&self, config: &VmConfig, fs_socket: &Path, vsock_socket: &Path) -> Vec<OsString> {
+    /// The QEMU binary, resolved.
+    pub fn qemu_binary(&self) -> Result<PathBuf, HypervisorError> {
+        resolve_binary("qemu-system-x86_64", &self.qemu).map_err(HypervisorError::MissingBinary)
+    }
+
+    /// The machine, accelerator, size and boot arguments every QEMU launch
+    /// shares, the benchmark's bare baseline included.
+    pub fn machine_args(
+        &self,
+        config: &VmConfig,
+        memfd: bool,
+        cmdline: &[String],
+    ) -> Vec<OsString> {
         let mem = format!("{}M", config.memory_mib);
-        let mut cmdline = config.base_cmdline();
-        cmdline.push("husk.backend=qemu".into());
         let mut args: Vec<OsString> = Vec::new();
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
         push(&["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"]);
-        push(&["-M", "microvm,acpi=off,pcie=off,rtc=off,memory-backend=mem"]);
+        let machine = "microvm,acpi=off,pcie=off,rtc=off";
+        if memfd {
+            push(&["-M", &format!("{machine},memory-backend=mem")]);
+            push(&[
+                "-object",
+                &format!("memory-backend-memfd,id=mem,size={mem},share=on"),
+            ]);
+        } else {
+            push(&["-M", machine]);
+        }
         if self.kvm {
             push(&["-accel", "kvm", "-cpu", "host"]);
         } else {
             push(&["-accel", "tcg", "-cpu", "max"]);
         }
         push(&["-smp", &config.vcpus.to_string(), "-m", &mem]);
-        push(&["-object", &format!("memory-backend-memfd,id=mem,size={mem},share=on")]);
         push(&["-kernel", &config.kernel.to_string_lossy()]);
         push(&["-initrd", &config.initramfs.to_string_lossy()]);
         push(&["-append", &cmdline.join(" ")]);
-        push(&["-chardev", &format!("file,id=console,path={}", config.console_log().display())]);
+        args
+    }
+
+    /// The full QEMU argument list for `config` (no I/O; unit-tested).
+    pub fn qemu_args(
+        &self,
+        config: &VmConfig,
+        fs_socket: &Path,
+        vsock_socket: &Path,
+    ) -> Vec<OsString> {
+        let mut cmdline = config.base_cmdline();
+        cmdline.push("husk.backend=qemu".into());
+        let mut args = self.machine_args(config, true, &cmdline);
+        let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        push(&[
+            "-chardev",
+            &format!("file,id=console,path={}", config.console_log().display()),
+        ]);
         push(&["-serial", "chardev:console"]);
-        push(&["-chardev", &format!("socket,id=fs,path={}", fs_socket.display())]);
-        push(&["-device", &format!("vhost-user-fs-device,chardev=fs,tag={}", husk_protocol::SHARE_TAG)]);
-        push(&["-chardev", &format!("socket,id=vsock,path={}", vsock_socket.display())]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=fs,path={}", fs_socket.display()),
+        ]);
+        push(&[
+            "-device",
+            &format!(
+                "vhost-user-fs-device,chardev=fs,tag={}",
+                husk_protocol::SHARE_TAG
+            ),
+        ]);
+        push(&[
+            "-chardev",
+            &format!("socket,id=vsock,path={}", vsock_socket.display()),
+        ]);
         push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
         args
     }
@@ -76,22 +122,29 @@ impl Hypervisor for QemuBackend {
 
     fn start(&self, config: &VmConfig) -> Result<Box<dyn Vm>, HypervisorError> {
         config.check_files()?;
-        let qemu = resolve_binary("qemu-system-x86_64", &self.qemu).map_err(HypervisorError::MissingBinary)?;
-        let virtiofsd = resolve_binary("virtiofsd", &self.virtiofsd).map_err(HypervisorError::MissingBinary)?;
+        let qemu = self.qemu_binary()?;
+        let virtiofsd =
+            resolve_binary("virtiofsd", &self.virtiofsd).map_err(HypervisorError::MissingBinary)?;
         let vsock_backend = resolve_binary("vhost-device-vsock", &self.vsock_backend)
             .map_err(HypervisorError::MissingBinary)?;
 
         let vsock_uds = config.vsock_uds();
         let _ = std::fs::remove_file(&vsock_uds);
-        let mut fs = vhost_user::start_virtiofsd(&virtiofsd, &config.shared_dir, &config.state_dir)?;
-        let mut vsock = vhost_user::start_vsock(&vsock_backend, GUEST_CID, &vsock_uds, &config.state_dir)?;
+        let mut fs =
+            vhost_user::start_virtiofsd(&virtiofsd, &config.shared_dir, &config.state_dir)?;
+        let mut vsock =
+            vhost_user::start_vsock(&vsock_backend, GUEST_CID, &vsock_uds, &config.state_dir)?;
         fs.wait_ready()?;
         vsock.wait_ready()?;
 
         let mut cmd = Command::new(qemu);
         cmd.args(self.qemu_args(config, &fs.socket, &vsock.socket));
-        let process = ChildGuard::spawn("qemu", cmd, &config.state_dir.join("qemu.log"))
-            .map_err(|source| HypervisorError::Spawn { what: "qemu", source })?;
+        let process = ChildGuard::spawn("qemu", cmd, &config.state_dir.join("qemu.log")).map_err(
+            |source| HypervisorError::Spawn {
+                what: "qemu",
+                source,
+            },
+        )?;
         Ok(Box::new(QemuVm {
             qemu: process,
             fs,
@@ -157,9 +210,18 @@ impl Vm for QemuVm {
         }
         // virtiofsd exits by itself once QEMU is gone; the vsock backend
         // would wait for the next VMM forever.
-        self.fs.process.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
+        self.fs
+            .process
+            .stop(HELPER_GRACE)
+            .map_err(HypervisorError::Wait)?;
         self.vsock.process.kill().map_err(HypervisorError::Wait)?;
-        for socket in [&self.fs.socket, &self.vsock.socket, &self.vsock_uds] {
+        let fs_pid_file = PathBuf::from(format!("{}.pid", self.fs.socket.display()));
+        for socket in [
+            &self.fs.socket,
+            &fs_pid_file,
+            &self.vsock.socket,
+            &self.vsock_uds,
+        ] {
             let _ = std::fs::remove_file(socket);
         }
         Ok(self.exit.clone().expect("set above"))
@@ -191,14 +253,21 @@ mod tests {
     fn args(kvm: bool) -> Vec<String> {
         let backend = QemuBackend::from_config(&Config::default(), kvm).unwrap();
         backend
-            .qemu_args(&vm_config(), Path::new("/s/fs.sock"), Path::new("/s/vsock.sock"))
+            .qemu_args(
+                &vm_config(),
+                Path::new("/s/fs.sock"),
+                Path::new("/s/vsock.sock"),
+            )
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect()
     }
 
     fn value_of<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
-        args.windows(2).filter(|w| w[0] == flag).map(|w| w[1].as_str()).collect()
+        args.windows(2)
+            .filter(|w| w[0] == flag)
+            .map(|w| w[1].as_str())
+            .collect()
     }
 
     #[test]
@@ -207,7 +276,11 @@ mod tests {
         let machine = value_of(&args, "-M")[0];
         assert!(machine.starts_with("microvm,acpi=off"), "{machine}");
         assert!(machine.contains("memory-backend=mem"), "{machine}");
-        assert_eq!(value_of(&args, "-object"), ["memory-backend-memfd,id=mem,size=256M,share=on"]);
+        assert_eq!(
+            value_of(&args, "-object"),
+            ["memory-backend-memfd,id=mem,size=256M,share=on"]
+        );
+        assert_eq!(value_of(&args, "-m"), ["256M"]);
         assert!(args.contains(&"-no-reboot".to_string()));
     }
 
@@ -222,16 +295,30 @@ mod tests {
     fn vhost_user_devices_use_the_given_sockets_and_no_tag_on_virtiofsd() {
         let args = args(false);
         let chardevs = value_of(&args, "-chardev");
-        assert!(chardevs.contains(&"socket,id=fs,path=/s/fs.sock"), "{chardevs:?}");
-        assert!(chardevs.contains(&"socket,id=vsock,path=/s/vsock.sock"), "{chardevs:?}");
+        assert!(
+            chardevs.contains(&"socket,id=fs,path=/s/fs.sock"),
+            "{chardevs:?}"
+        );
+        assert!(
+            chardevs.contains(&"socket,id=vsock,path=/s/vsock.sock"),
+            "{chardevs:?}"
+        );
         let devices = value_of(&args, "-device");
-        assert_eq!(devices, ["vhost-user-fs-device,chardev=fs,tag=husk", "vhost-user-vsock-device,chardev=vsock"]);
+        assert_eq!(
+            devices,
+            [
+                "vhost-user-fs-device,chardev=fs,tag=husk",
+                "vhost-user-vsock-device,chardev=vsock"
+            ]
+        );
     }
 
     #[test]
     fn console_goes_to_the_state_dir_log() {
         let args = args(false);
-        assert!(value_of(&args, "-chardev").contains(&"file,id=console,path=/run/husk/x/console.log"));
+        assert!(
+            value_of(&args, "-chardev").contains(&"file,id=console,path=/run/husk/x/console.log")
+        );
         assert!(value_of(&args, "-append")[0].starts_with("console=ttyS0"));
     }
 }

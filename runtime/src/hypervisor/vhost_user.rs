@@ -35,8 +35,8 @@ fn spawn(
     log: &Path,
 ) -> Result<Backend, HypervisorError> {
     let _ = std::fs::remove_file(&socket);
-    let process =
-        ChildGuard::spawn(what, cmd, log).map_err(|source| HypervisorError::Spawn { what, source })?;
+    let process = ChildGuard::spawn(what, cmd, log)
+        .map_err(|source| HypervisorError::Spawn { what, source })?;
     Ok(Backend { process, socket })
 }
 
@@ -76,5 +76,10 @@ pub fn start_vsock(
     cmd.arg(format!("--guest-cid={cid}"))
         .arg(format!("--socket={}", socket.display()))
         .arg(format!("--uds-path={}", uds_path.display()));
-    spawn("vhost-device-vsock", cmd, socket, &state_dir.join("vsock.log"))
+    spawn(
+        "vhost-device-vsock",
+        cmd,
+        socket,
+        &state_dir.join("vsock.log"),
+    )
 }
