@@ -125,7 +125,10 @@ fn boot_test(
     };
 
     let timeout = Duration::from_millis(config.boot_timeout_ms);
-    let mut guest = Guest::boot(hypervisor, &vm_config, timeout).context("booting the check VM")?;
+    let mut guest = Guest::boot(hypervisor, &vm_config, timeout).context(
+        "booting the check VM failed; the kernel and initramfs may be stale or broken: \
+         rebuild them with hack/install.sh, or run with kernel_cmdline = \"loglevel=7\" in the config for a verbose console",
+    )?;
     let hello = guest.agent().hello().clone();
     phase(out, "launch (VMM + helpers)", guest.timings.launch, "")?;
     phase(

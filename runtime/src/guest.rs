@@ -62,12 +62,7 @@ impl Guest {
         timeout: Duration,
     ) -> Result<Guest, GuestError> {
         let started = Instant::now();
-        let listener = AgentListener::bind(&config.vsock_uds(), AGENT_PORT).map_err(|e| {
-            GuestError::Start(HypervisorError::Spawn {
-                what: "the agent listener",
-                source: std::io::Error::other(e.to_string()),
-            })
-        })?;
+        let listener = AgentListener::bind(&config.vsock_uds(), AGENT_PORT)?;
         let mut vm = hypervisor.start(config)?;
         let launch = started.elapsed();
         let accepted = listener.accept(started + timeout, || {
@@ -109,23 +104,22 @@ impl Guest {
     /// end; kills it after that. Helpers and sockets are gone afterwards.
     pub fn shutdown(mut self, timeout: Duration) -> Result<VmExit, GuestError> {
         let answer = self.agent.request(Request::Shutdown, timeout);
-        let ended = match answer {
+        let ended = match &answer {
             Ok(Response::ShuttingDown) => self.vm.wait_timeout(timeout)?,
             _ => None,
         };
         let exit = self.vm.stop()?;
-        match (answer, ended) {
-            (Ok(Response::ShuttingDown), Some(exit)) => Ok(exit),
-            (Ok(Response::ShuttingDown), None) => Err(GuestError::Agent(
-                AgentClientError::Timeout(timeout, "the VM to power off"),
-            )),
-            (Ok(other), _) => Err(GuestError::Agent(AgentClientError::Unexpected {
+        match answer? {
+            Response::ShuttingDown if ended.is_some() => Ok(exit),
+            Response::ShuttingDown => {
+                Err(AgentClientError::Timeout(timeout, "the VM to power off").into())
+            }
+            other => Err(AgentClientError::Unexpected {
                 expected: "shutting_down",
                 got: format!("{other:?}"),
-            })),
-            (Err(e), _) => Err(e.into()),
+            }
+            .into()),
         }
-        .map(|_| exit)
     }
 }
 

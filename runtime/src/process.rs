@@ -2,6 +2,12 @@
 //! they die with their parent (PR_SET_PDEATHSIG), log into the state
 //! directory, and are killed and reaped when their guard is dropped, so a
 //! failed boot never leaves one behind.
+//!
+//! Each child leads its own process group, and a kill goes to the whole
+//! group: virtiofsd's namespace sandbox forks, and its inner process must
+//! not outlive the guard. PR_SET_PDEATHSIG fires when the *thread* that
+//! spawned the child exits, so spawn from a thread that lives as long as
+//! the VM.
 
 use std::fs::File;
 use std::io;
@@ -28,7 +34,9 @@ impl ChildGuard {
         // SAFETY: the closure only calls prctl(2), which is async-signal-safe.
         unsafe {
             cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0
+                    || libc::setpgid(0, 0) != 0
+                {
                     return Err(io::Error::last_os_error());
                 }
                 Ok(())
@@ -96,13 +104,19 @@ impl ChildGuard {
         self.kill()
     }
 
-    /// SIGKILL and reap.
+    /// SIGKILL to the child's process group, and reap the child.
     pub fn kill(&mut self) -> io::Result<ExitStatus> {
+        let pgid = self.pid() as libc::pid_t;
         if let Some(status) = self.try_wait()? {
+            // The leader is gone; whatever it forked may still run.
+            // SAFETY: kill(2) of a process group we created; harmless if empty.
+            unsafe { libc::kill(-pgid, libc::SIGKILL) };
             return Ok(status);
         }
+        // SAFETY: the leader is not reaped yet, so its pid (= the group id)
+        // still names the group we created.
+        unsafe { libc::kill(-pgid, libc::SIGKILL) };
         let child = self.child.as_mut().expect("child present until drop");
-        let _ = child.kill();
         let status = child.wait()?;
         self.status = Some(status);
         Ok(status)
@@ -161,6 +175,37 @@ mod tests {
         // SAFETY: signal 0 only checks whether the pid exists.
         let alive = unsafe { libc::kill(pid, 0) } == 0;
         assert!(!alive, "child {pid} still exists after drop");
+    }
+
+    #[test]
+    fn kill_reaches_grandchildren() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("grandchild.pid");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("sleep 100 & echo $! > {}; wait", pidfile.display()));
+        let mut guard = ChildGuard::spawn("sh", cmd, &dir.path().join("log")).unwrap();
+        let grandchild = loop {
+            if let Ok(text) = std::fs::read_to_string(&pidfile) {
+                if let Ok(pid) = text.trim().parse::<libc::pid_t>() {
+                    break pid;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+
+        guard.kill().unwrap();
+
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z"))
+        {
+            assert!(
+                Instant::now() < deadline,
+                "grandchild {grandchild} survived the kill"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     #[test]

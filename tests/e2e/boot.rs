@@ -10,7 +10,7 @@ use husk::guest::{Guest, GuestError};
 use husk::hypervisor::HypervisorError;
 use husk_protocol::frame::encode;
 use husk_protocol::{GuestMessage, HostMessage, Request, Response, MAX_FRAME_LEN};
-use husk_tests::{env_or_skip, helpers_of, husk_binary, sockets_in};
+use husk_tests::{env_or_skip, helpers_left, helpers_of, husk_binary, sockets_in};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -62,7 +62,7 @@ fn boots_round_trips_reads_virtiofs_and_shuts_down_cleanly() {
     assert_eq!(exit.description, "qemu exit status: 0");
     assert!(!husk_tests::process_exists(qemu_pid));
     assert_eq!(
-        helpers_of(state.path()),
+        helpers_left(state.path()),
         Vec::<u32>::new(),
         "helpers left running"
     );
@@ -169,7 +169,7 @@ fn host_disconnecting_mid_frame_powers_the_guest_off() {
         Some("qemu exit status: 0".to_string())
     );
     guest.vm().stop().unwrap();
-    assert_eq!(helpers_of(state.path()), Vec::<u32>::new());
+    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
 }
 
 #[test]
@@ -191,7 +191,7 @@ fn missing_kernel_is_named_and_nothing_is_started() {
         "{err}"
     );
     assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
-    assert!(helpers_of(state.path()).is_empty());
+    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
     assert!(sockets_in(state.path()).is_empty());
 }
 
@@ -219,7 +219,7 @@ fn a_file_that_is_not_a_kernel_fails_fast_with_qemus_reason() {
         "{text}"
     );
     assert!(text.contains("last lines of the guest console"), "{text}");
-    assert!(helpers_of(state.path()).is_empty());
+    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
     assert!(sockets_in(state.path()).is_empty());
 }
 
@@ -245,7 +245,7 @@ fn initramfs_without_an_agent_times_out_with_the_console_tail() {
         text.contains("HUSK-BARE-INIT-READY"),
         "the console tail shows the guest's init ran: {text}"
     );
-    assert!(helpers_of(state.path()).is_empty());
+    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
     assert!(sockets_in(state.path()).is_empty());
 }
 

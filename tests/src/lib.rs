@@ -144,6 +144,19 @@ pub fn sockets_in(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Waits up to 2 s for every helper of `dir` to be gone; returns those left.
+/// (A killed process disappears a moment after kill(2) returns.)
+pub fn helpers_left(dir: &Path) -> Vec<u32> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    loop {
+        let left = helpers_of(dir);
+        if left.is_empty() || std::time::Instant::now() >= deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 /// Pids of the helper processes a VM with state in `dir` started (matched by
 /// the state directory on their command line).
 pub fn helpers_of(dir: &Path) -> Vec<u32> {

@@ -21,14 +21,17 @@ pub const HEADER_LEN: usize = 4;
 /// What can go wrong reading or writing a frame.
 #[derive(Debug, thiserror::Error)]
 pub enum FrameError {
-    /// The length prefix announced more than the limit. The body was skipped,
-    /// so the next frame can still be read.
+    /// The length prefix announced more than the limit. If the reader
+    /// skips oversized bodies, the body was skipped and the next frame can
+    /// still be read.
     #[error("frame of {len} bytes is over the limit of {limit} bytes")]
     TooLarge {
         /// The announced body length.
         len: u64,
         /// The limit in force.
         limit: u32,
+        /// Whether the body was skipped (the stream is still in step).
+        skipped: bool,
     },
     /// The peer closed the stream inside a frame.
     #[error("peer closed the connection in the middle of a frame ({got} of {expected} bytes)")]
@@ -50,7 +53,10 @@ impl FrameError {
     /// True when the stream is still in step after this error: the next frame
     /// can be read, so the caller may answer and go on.
     pub fn is_recoverable(&self) -> bool {
-        matches!(self, FrameError::TooLarge { .. } | FrameError::Malformed(_))
+        matches!(
+            self,
+            FrameError::TooLarge { skipped: true, .. } | FrameError::Malformed(_)
+        )
     }
 }
 
@@ -63,6 +69,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Result<Vec<u8>, FrameError> {
         return Err(FrameError::TooLarge {
             len: len as u64,
             limit: MAX_FRAME_LEN,
+            skipped: false,
         });
     }
     buf[..HEADER_LEN].copy_from_slice(&(len as u32).to_be_bytes());
@@ -81,6 +88,7 @@ pub fn write_frame<W: Write, T: Serialize>(w: &mut W, msg: &T) -> Result<(), Fra
 pub struct FrameReader<R> {
     inner: R,
     limit: u32,
+    skip_oversized: bool,
 }
 
 impl<R: Read> FrameReader<R> {
@@ -89,9 +97,24 @@ impl<R: Read> FrameReader<R> {
         Self::with_limit(inner, MAX_FRAME_LEN)
     }
 
-    /// A reader that refuses bodies over `limit` bytes.
+    /// A reader that refuses bodies over `limit` bytes and skips them, so
+    /// that the caller can answer with an error and go on (the agent does).
     pub fn with_limit(inner: R, limit: u32) -> Self {
-        FrameReader { inner, limit }
+        FrameReader {
+            inner,
+            limit,
+            skip_oversized: true,
+        }
+    }
+
+    /// A reader that fails at once on an oversized length, without waiting
+    /// for a body that an untrusted peer may never send (the host does).
+    pub fn strict(inner: R) -> Self {
+        FrameReader {
+            inner,
+            limit: MAX_FRAME_LEN,
+            skip_oversized: false,
+        }
     }
 
     /// The underlying stream.
@@ -114,10 +137,13 @@ impl<R: Read> FrameReader<R> {
         }
         let len = u32::from_be_bytes(header);
         if len > self.limit {
-            self.skip(len)?;
+            if self.skip_oversized {
+                self.skip(len)?;
+            }
             return Err(FrameError::TooLarge {
                 len: len.into(),
                 limit: self.limit,
+                skipped: self.skip_oversized,
             });
         }
         let mut body = vec![0u8; len as usize];
@@ -218,13 +244,28 @@ mod tests {
                 err,
                 FrameError::TooLarge {
                     len: 100,
-                    limit: 64
+                    limit: 64,
+                    skipped: true
                 }
             ),
             "{err}"
         );
         assert!(err.is_recoverable());
         assert_eq!(reader.read_frame::<HostMessage>().unwrap(), Some(ping(3)));
+    }
+
+    #[test]
+    fn strict_reader_fails_at_once_on_an_oversized_length() {
+        let wire = (MAX_FRAME_LEN + 1).to_be_bytes().to_vec();
+        let mut reader = FrameReader::strict(Cursor::new(wire));
+
+        let err = reader.read_body().unwrap_err();
+
+        assert!(
+            matches!(err, FrameError::TooLarge { skipped: false, .. }),
+            "{err}"
+        );
+        assert!(!err.is_recoverable());
     }
 
     #[test]
