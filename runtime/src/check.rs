@@ -103,19 +103,7 @@ fn boot_test(
     std::fs::create_dir(&shared)?;
     let token = format!("husk check {} {:?}\n", std::process::id(), Instant::now());
     std::fs::write(shared.join(PROBE_FILE), &token)?;
-    let vm_config = VmConfig {
-        kernel: config.kernel.clone(),
-        initramfs: config.initramfs.clone(),
-        vcpus: config.vcpus,
-        memory_mib: config.memory_mib,
-        shared_dir: shared,
-        state_dir: state.path().to_path_buf(),
-        cmdline_extra: config
-            .kernel_cmdline
-            .split_whitespace()
-            .map(String::from)
-            .collect(),
-    };
+    let vm_config = VmConfig::from_config(config, state.path(), &shared);
     let phase = |out: &mut dyn Write, name: &str, took: Duration, note: &str| {
         writeln!(
             out,

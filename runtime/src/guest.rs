@@ -100,6 +100,12 @@ impl Guest {
         self.vm.as_mut()
     }
 
+    /// Ends the VM at once (no shutdown request), stopping its helpers and
+    /// removing its sockets.
+    pub fn kill(mut self) -> Result<VmExit, GuestError> {
+        Ok(self.vm.stop()?)
+    }
+
     /// Asks the agent to power off and waits up to `timeout` for the VM to
     /// end; kills it after that. Helpers and sockets are gone afterwards.
     pub fn shutdown(mut self, timeout: Duration) -> Result<VmExit, GuestError> {

@@ -60,12 +60,21 @@ impl ChildGuard {
         self.name
     }
 
-    /// The exit status if the child has exited (reaps it).
+    /// The exit status if the child has exited. The leader is checked
+    /// without reaping it first, and whatever it forked is killed while its
+    /// pid still reserves the process group id; then it is reaped.
     pub fn try_wait(&mut self) -> io::Result<Option<ExitStatus>> {
-        if self.status.is_none() {
-            if let Some(child) = self.child.as_mut() {
-                self.status = child.try_wait()?;
-            }
+        if self.status.is_some() {
+            return Ok(self.status);
+        }
+        let Some(child) = self.child.as_mut() else {
+            return Ok(None);
+        };
+        if exited_unreaped(child.id())? {
+            // SAFETY: the leader is a zombie we have not reaped, so its pid is
+            // still the id of the group we created for it.
+            unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+            self.status = child.try_wait()?;
         }
         Ok(self.status)
     }
@@ -106,17 +115,13 @@ impl ChildGuard {
 
     /// SIGKILL to the child's process group, and reap the child.
     pub fn kill(&mut self) -> io::Result<ExitStatus> {
-        let pgid = self.pid() as libc::pid_t;
         if let Some(status) = self.try_wait()? {
-            // The leader is gone; whatever it forked may still run.
-            // SAFETY: kill(2) of a process group we created; harmless if empty.
-            unsafe { libc::kill(-pgid, libc::SIGKILL) };
             return Ok(status);
         }
+        let child = self.child.as_mut().expect("child present until drop");
         // SAFETY: the leader is not reaped yet, so its pid (= the group id)
         // still names the group we created.
-        unsafe { libc::kill(-pgid, libc::SIGKILL) };
-        let child = self.child.as_mut().expect("child present until drop");
+        unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
         let status = child.wait()?;
         self.status = Some(status);
         Ok(status)
@@ -127,6 +132,20 @@ impl Drop for ChildGuard {
     fn drop(&mut self) {
         let _ = self.kill();
     }
+}
+
+/// True if process `pid` (our child) has exited; does not reap it.
+fn exited_unreaped(pid: u32) -> io::Result<bool> {
+    // SAFETY: siginfo_t is plain data; all-zero is valid and waitid fills it.
+    let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+    let flags = libc::WEXITED | libc::WNOHANG | libc::WNOWAIT;
+    // SAFETY: `info` is a valid out pointer; P_PID with our own child's pid.
+    let rc = unsafe { libc::waitid(libc::P_PID, pid as libc::id_t, &mut info, flags) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: waitid filled `info`; si_pid is 0 when no child changed state.
+    Ok(unsafe { info.si_pid() } != 0)
 }
 
 /// Waits until `path` exists (a helper's listening socket), failing early if
@@ -177,35 +196,58 @@ mod tests {
         assert!(!alive, "child {pid} still exists after drop");
     }
 
+    /// Spawns `sh -c SCRIPT` where the script forks `sleep 100` and writes
+    /// its pid, then runs `then`; returns the guard and the grandchild's pid.
+    fn spawn_with_grandchild(dir: &Path, then: &str) -> (ChildGuard, libc::pid_t) {
+        let pidfile = dir.join("grandchild.pid");
+        let script = format!(
+            "sleep 100 & echo $! > {0}.tmp; mv {0}.tmp {0}; {then}",
+            pidfile.display()
+        );
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c").arg(script);
+        let guard = ChildGuard::spawn("sh", cmd, &dir.join("log")).unwrap();
+        loop {
+            if let Ok(pid) = std::fs::read_to_string(&pidfile)
+                .unwrap_or_default()
+                .trim()
+                .parse()
+            {
+                return (guard, pid);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    fn assert_gone_soon(pid: libc::pid_t) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.contains(") Z"))
+        {
+            assert!(Instant::now() < deadline, "grandchild {pid} survived");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     #[test]
     fn kill_reaches_grandchildren() {
         let dir = tempfile::tempdir().unwrap();
-        let pidfile = dir.path().join("grandchild.pid");
-        let mut cmd = Command::new("sh");
-        cmd.arg("-c")
-            .arg(format!("sleep 100 & echo $! > {}; wait", pidfile.display()));
-        let mut guard = ChildGuard::spawn("sh", cmd, &dir.path().join("log")).unwrap();
-        let grandchild = loop {
-            if let Ok(text) = std::fs::read_to_string(&pidfile) {
-                if let Ok(pid) = text.trim().parse::<libc::pid_t>() {
-                    break pid;
-                }
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let (mut guard, grandchild) = spawn_with_grandchild(dir.path(), "wait");
 
         guard.kill().unwrap();
 
-        let deadline = Instant::now() + Duration::from_secs(2);
-        while std::fs::read_to_string(format!("/proc/{grandchild}/stat"))
-            .is_ok_and(|stat| !stat.contains(") Z"))
-        {
-            assert!(
-                Instant::now() < deadline,
-                "grandchild {grandchild} survived the kill"
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        assert_gone_soon(grandchild);
+    }
+
+    #[test]
+    fn grandchildren_die_when_the_leader_exits_by_itself() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut guard, grandchild) = spawn_with_grandchild(dir.path(), "exit 0");
+
+        let status = guard.wait_timeout(Duration::from_secs(5)).unwrap();
+
+        assert!(status.unwrap().success());
+        assert_gone_soon(grandchild);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use husk::guest::{Guest, GuestError};
 use husk::hypervisor::HypervisorError;
 use husk_protocol::frame::encode;
 use husk_protocol::{GuestMessage, HostMessage, Request, Response, MAX_FRAME_LEN};
-use husk_tests::{env_or_skip, helpers_left, helpers_of, husk_binary, sockets_in};
+use husk_tests::{assert_nothing_left, env_or_skip, helpers_of, husk_binary};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -61,28 +61,14 @@ fn boots_round_trips_reads_virtiofs_and_shuts_down_cleanly() {
 
     assert_eq!(exit.description, "qemu exit status: 0");
     assert!(!husk_tests::process_exists(qemu_pid));
-    assert_eq!(
-        helpers_left(state.path()),
-        Vec::<u32>::new(),
-        "helpers left running"
-    );
-    assert_eq!(
-        sockets_in(state.path()),
-        Vec::<std::path::PathBuf>::new(),
-        "sockets left behind"
-    );
+    assert_nothing_left(state.path());
 }
 
 #[test]
 fn missing_file_in_the_share_is_an_error_naming_it() {
     let env = env_or_skip!();
     let state = tempfile::tempdir().unwrap();
-    let mut guest = Guest::boot(
-        env.hypervisor.as_ref(),
-        &env.vm_config(state.path()),
-        husk_tests::BOOT_TIMEOUT,
-    )
-    .unwrap();
+    let mut guest = env.boot(state.path());
 
     let err = guest
         .agent()
@@ -112,12 +98,7 @@ fn libc_enoent() -> i32 {
 fn oversized_and_malformed_frames_get_errors_and_the_agent_keeps_serving() {
     let env = env_or_skip!();
     let state = tempfile::tempdir().unwrap();
-    let mut guest = Guest::boot(
-        env.hypervisor.as_ref(),
-        &env.vm_config(state.path()),
-        husk_tests::BOOT_TIMEOUT,
-    )
-    .unwrap();
+    let mut guest = env.boot(state.path());
     let mut oversized = (MAX_FRAME_LEN + 1).to_be_bytes().to_vec();
     oversized.resize(4 + MAX_FRAME_LEN as usize + 1, b'x');
 
@@ -148,12 +129,7 @@ fn oversized_and_malformed_frames_get_errors_and_the_agent_keeps_serving() {
 fn host_disconnecting_mid_frame_powers_the_guest_off() {
     let env = env_or_skip!();
     let state = tempfile::tempdir().unwrap();
-    let mut guest = Guest::boot(
-        env.hypervisor.as_ref(),
-        &env.vm_config(state.path()),
-        husk_tests::BOOT_TIMEOUT,
-    )
-    .unwrap();
+    let mut guest = env.boot(state.path());
     let frame = encode(&HostMessage::Request {
         id: 1,
         request: Request::Ping,
@@ -168,8 +144,8 @@ fn host_disconnecting_mid_frame_powers_the_guest_off() {
         exit.map(|e| e.description),
         Some("qemu exit status: 0".to_string())
     );
-    guest.vm().stop().unwrap();
-    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
+    guest.kill().unwrap();
+    assert_nothing_left(state.path());
 }
 
 #[test]
@@ -191,8 +167,7 @@ fn missing_kernel_is_named_and_nothing_is_started() {
         "{err}"
     );
     assert!(err.to_string().contains("/nonexistent/vmlinux"), "{err}");
-    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
-    assert!(sockets_in(state.path()).is_empty());
+    assert_nothing_left(state.path());
 }
 
 #[test]
@@ -219,8 +194,7 @@ fn a_file_that_is_not_a_kernel_fails_fast_with_qemus_reason() {
         "{text}"
     );
     assert!(text.contains("last lines of the guest console"), "{text}");
-    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
-    assert!(sockets_in(state.path()).is_empty());
+    assert_nothing_left(state.path());
 }
 
 #[test]
@@ -245,8 +219,7 @@ fn initramfs_without_an_agent_times_out_with_the_console_tail() {
         text.contains("HUSK-BARE-INIT-READY"),
         "the console tail shows the guest's init ran: {text}"
     );
-    assert_eq!(helpers_left(state.path()), Vec::<u32>::new());
-    assert!(sockets_in(state.path()).is_empty());
+    assert_nothing_left(state.path());
 }
 
 #[test]
@@ -266,6 +239,7 @@ fn initramfs_with_a_broken_init_reports_the_kernel_panic() {
     let text = err.to_string();
     assert!(text.contains("the VM stopped"), "{text}");
     assert!(text.contains("No working init found"), "{text}");
+    assert_nothing_left(state.path());
 }
 
 #[test]

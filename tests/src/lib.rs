@@ -72,15 +72,17 @@ impl TestEnv {
     pub fn vm_config(&self, state_dir: &Path) -> VmConfig {
         let shared = state_dir.join("shared");
         std::fs::create_dir_all(&shared).expect("creating the shared directory");
-        VmConfig {
-            kernel: self.config.kernel.clone(),
-            initramfs: self.config.initramfs.clone(),
-            vcpus: self.config.vcpus,
-            memory_mib: self.config.memory_mib,
-            shared_dir: shared,
-            state_dir: state_dir.to_path_buf(),
-            cmdline_extra: vec![],
-        }
+        VmConfig::from_config(&self.config, state_dir, &shared)
+    }
+
+    /// Boots a guest with [`TestEnv::vm_config`] and waits for its agent.
+    pub fn boot(&self, state_dir: &Path) -> husk::guest::Guest {
+        husk::guest::Guest::boot(
+            self.hypervisor.as_ref(),
+            &self.vm_config(state_dir),
+            BOOT_TIMEOUT,
+        )
+        .expect("booting a test guest")
     }
 }
 
@@ -174,4 +176,19 @@ pub fn helpers_of(dir: &Path) -> Vec<u32> {
         }
     }
     pids
+}
+
+/// Asserts that no helper process runs and no socket remains for the VM whose
+/// state is in `dir`.
+pub fn assert_nothing_left(dir: &Path) {
+    assert_eq!(
+        helpers_left(dir),
+        Vec::<u32>::new(),
+        "helper processes left running"
+    );
+    assert_eq!(
+        sockets_in(dir),
+        Vec::<PathBuf>::new(),
+        "sockets left behind"
+    );
 }

@@ -105,15 +105,7 @@ fn bench_boot(runs: usize, bare_initramfs: PathBuf) -> Result<()> {
         let state = tempfile::Builder::new().prefix("husk-bench-").tempdir()?;
         let shared = state.path().join("shared");
         std::fs::create_dir(&shared)?;
-        let vm = VmConfig {
-            kernel: config.kernel.clone(),
-            initramfs: config.initramfs.clone(),
-            vcpus: config.vcpus,
-            memory_mib: config.memory_mib,
-            shared_dir: shared,
-            state_dir: state.path().to_path_buf(),
-            cmdline_extra: vec![],
-        };
+        let vm = VmConfig::from_config(&config, state.path(), &shared);
 
         let t0 = Instant::now();
         let mut guest =

@@ -82,6 +82,24 @@ pub struct VmConfig {
 }
 
 impl VmConfig {
+    /// A VM of the configured default size and guest files, sharing
+    /// `shared_dir`, with its sockets and logs in `state_dir`.
+    pub fn from_config(config: &Config, state_dir: &Path, shared_dir: &Path) -> VmConfig {
+        VmConfig {
+            kernel: config.kernel.clone(),
+            initramfs: config.initramfs.clone(),
+            vcpus: config.vcpus,
+            memory_mib: config.memory_mib,
+            shared_dir: shared_dir.to_path_buf(),
+            state_dir: state_dir.to_path_buf(),
+            cmdline_extra: config
+                .kernel_cmdline
+                .split_whitespace()
+                .map(String::from)
+                .collect(),
+        }
+    }
+
     /// The kernel command line every backend passes (before the
     /// backend's own device entries): serial console, reset on reboot and on
     /// panic (the agent ends the VM with a reboot), quiet boot.

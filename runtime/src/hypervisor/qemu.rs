@@ -210,20 +210,11 @@ impl Vm for QemuVm {
         }
         // virtiofsd exits by itself once QEMU is gone; the vsock backend
         // would wait for the next VMM forever.
-        self.fs
-            .process
-            .stop(HELPER_GRACE)
+        self.fs.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
+        self.vsock
+            .stop(Duration::ZERO)
             .map_err(HypervisorError::Wait)?;
-        self.vsock.process.kill().map_err(HypervisorError::Wait)?;
-        let fs_pid_file = PathBuf::from(format!("{}.pid", self.fs.socket.display()));
-        for socket in [
-            &self.fs.socket,
-            &fs_pid_file,
-            &self.vsock.socket,
-            &self.vsock_uds,
-        ] {
-            let _ = std::fs::remove_file(socket);
-        }
+        let _ = std::fs::remove_file(&self.vsock_uds);
         Ok(self.exit.clone().expect("set above"))
     }
 }

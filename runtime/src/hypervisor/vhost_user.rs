@@ -41,6 +41,15 @@ fn spawn(
 }
 
 impl Backend {
+    /// Kills the helper (with anything it forked) and removes its socket and
+    /// pid file. Idempotent.
+    pub fn stop(&mut self, grace: Duration) -> std::io::Result<()> {
+        let stopped = self.process.stop(grace).map(|_| ());
+        let _ = std::fs::remove_file(&self.socket);
+        let _ = std::fs::remove_file(format!("{}.pid", self.socket.display()));
+        stopped
+    }
+
     /// Waits for the helper's socket to appear.
     pub fn wait_ready(&mut self) -> Result<(), HypervisorError> {
         let what = self.process.name();
@@ -82,4 +91,10 @@ pub fn start_vsock(
         socket,
         &state_dir.join("vsock.log"),
     )
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.stop(Duration::ZERO);
+    }
 }
