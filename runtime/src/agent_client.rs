@@ -190,10 +190,7 @@ impl AgentConn {
         let id = self.next_id;
         self.next_id += 1;
         write_frame(&mut self.writer, &HostMessage::Request { id, request })?;
-        self.reader
-            .get_ref()
-            .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        match read_message(&mut self.reader, WHAT)? {
+        match self.receive_for(timeout, WHAT)? {
             GuestMessage::Response { id: got, result } if got == id => Ok(result?),
             other => Err(AgentClientError::Unexpected {
                 expected: WHAT,
@@ -216,10 +213,19 @@ impl AgentConn {
 
     /// Reads the next message, whatever it is.
     pub fn receive(&mut self, timeout: Duration) -> Result<GuestMessage, AgentClientError> {
+        self.receive_for(timeout, "a message")
+    }
+
+    /// Reads the next message within `timeout`; `what` names it in errors.
+    fn receive_for(
+        &mut self,
+        timeout: Duration,
+        what: &'static str,
+    ) -> Result<GuestMessage, AgentClientError> {
         self.reader
             .get_ref()
             .set_read_timeout(Some(timeout.max(Duration::from_millis(1))))?;
-        read_message(&mut self.reader, "a message")
+        read_message(&mut self.reader, what)
     }
 }
 

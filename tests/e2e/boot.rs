@@ -155,9 +155,7 @@ fn missing_kernel_is_named_and_nothing_is_started() {
     let mut config = env.vm_config(state.path());
     config.kernel = "/nonexistent/vmlinux".into();
 
-    let err = Guest::boot(env.hypervisor.as_ref(), &config, husk_tests::BOOT_TIMEOUT)
-        .err()
-        .unwrap();
+    let err = env.boot_error(&config, husk_tests::BOOT_TIMEOUT);
 
     assert!(
         matches!(
@@ -180,9 +178,7 @@ fn a_file_that_is_not_a_kernel_fails_fast_with_qemus_reason() {
     config.kernel = bogus;
     let started = Instant::now();
 
-    let err = Guest::boot(env.hypervisor.as_ref(), &config, husk_tests::BOOT_TIMEOUT)
-        .err()
-        .unwrap();
+    let err = env.boot_error(&config, husk_tests::BOOT_TIMEOUT);
 
     assert!(
         started.elapsed() < husk_tests::BOOT_TIMEOUT,
@@ -206,9 +202,7 @@ fn initramfs_without_an_agent_times_out_with_the_console_tail() {
     config.cmdline_extra.push("husk.bare=hang".into());
     let timeout = Duration::from_secs(20);
 
-    let err = Guest::boot(env.hypervisor.as_ref(), &config, timeout)
-        .err()
-        .unwrap();
+    let err = env.boot_error(&config, timeout);
 
     let text = err.to_string();
     assert!(
@@ -232,9 +226,7 @@ fn initramfs_with_a_broken_init_reports_the_kernel_panic() {
     husk::initramfs::write_initramfs(&mut file, b"#!/nonexistent/interpreter\n").unwrap();
     config.initramfs = broken;
 
-    let err = Guest::boot(env.hypervisor.as_ref(), &config, husk_tests::BOOT_TIMEOUT)
-        .err()
-        .unwrap();
+    let err = env.boot_error(&config, husk_tests::BOOT_TIMEOUT);
 
     let text = err.to_string();
     assert!(text.contains("the VM stopped"), "{text}");

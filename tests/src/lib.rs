@@ -75,6 +75,14 @@ impl TestEnv {
         VmConfig::from_config(&self.config, state_dir, &shared)
     }
 
+    /// Boots `config`, which the test expects to fail, and returns the error.
+    pub fn boot_error(&self, config: &VmConfig, timeout: Duration) -> husk::guest::GuestError {
+        match husk::guest::Guest::boot(self.hypervisor.as_ref(), config, timeout) {
+            Ok(_) => panic!("the boot was expected to fail but the agent said hello"),
+            Err(e) => e,
+        }
+    }
+
     /// Boots a guest with [`TestEnv::vm_config`] and waits for its agent.
     pub fn boot(&self, state_dir: &Path) -> husk::guest::Guest {
         husk::guest::Guest::boot(

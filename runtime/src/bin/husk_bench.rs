@@ -88,7 +88,7 @@ fn bench_boot(runs: usize, bare_initramfs: PathBuf) -> Result<()> {
     let (config, _) = Config::load()?;
     let host = Virtualization::probe();
     let (kvm, reason) = hypervisor::use_kvm(&config, &host)?;
-    let backend = QemuBackend::from_config(&config, kvm)?;
+    let backend = QemuBackend::from_config(&config, kvm);
     let timeout = Duration::from_millis(config.boot_timeout_ms);
     println!(
         "backend: qemu {} ({reason})",

@@ -234,7 +234,7 @@ pub fn select(config: &Config, host: &Virtualization) -> Result<Selection, Hyper
             BackendChoice::Qemu => "backend = \"qemu\" in the config",
             BackendChoice::Auto => "the builtin monitor is not part of this build yet",
         };
-    let hypervisor = qemu::QemuBackend::from_config(config, use_kvm)?;
+    let hypervisor = qemu::QemuBackend::from_config(config, use_kvm);
     Ok(Selection {
         reason: format!("{backend_reason}; {accel_reason}"),
         hypervisor: Box::new(hypervisor),

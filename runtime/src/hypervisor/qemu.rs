@@ -33,13 +33,13 @@ pub struct QemuBackend {
 impl QemuBackend {
     /// A backend using the binaries named in `config`; `kvm` picks
     /// `-accel kvm` over TCG.
-    pub fn from_config(config: &Config, kvm: bool) -> Result<Self, HypervisorError> {
-        Ok(QemuBackend {
+    pub fn from_config(config: &Config, kvm: bool) -> Self {
+        QemuBackend {
             qemu: config.qemu.clone(),
             virtiofsd: config.virtiofsd.clone(),
             vsock_backend: config.vsock_backend.clone(),
             kvm,
-        })
+        }
     }
 
     /// The QEMU binary, resolved.
@@ -244,7 +244,7 @@ mod tests {
     }
 
     fn args(kvm: bool) -> Vec<String> {
-        let backend = QemuBackend::from_config(&Config::default(), kvm).unwrap();
+        let backend = QemuBackend::from_config(&Config::default(), kvm);
         backend
             .qemu_args(
                 &vm_config(),
