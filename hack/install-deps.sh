@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what husk needs on a Debian 12 host, idempotently:
 #   - Debian packages: QEMU, the kernel source and its build tools, the
-#     libraries virtiofsd links against;
+#     libraries virtiofsd links against; podman, runc (the baseline) and
+#     busybox-static for the engine smoke tests;
 #   - virtiofsd and vhost-device-vsock from crates.io, pinned, into
 #     /usr/local/libexec/husk (husk's default helper paths).
 # A second run with everything in place takes about a second.
@@ -15,7 +16,8 @@ VSOCK_VERSION=0.3.0
 log() { echo "install-deps: $*" >&2; }
 
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc xz-utils
-    libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config)
+    libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config
+    podman conmon catatonit runc uidmap golang-github-containers-common busybox-static)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

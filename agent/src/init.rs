@@ -88,6 +88,24 @@ pub fn mount_base(sys: &dyn Syscalls) -> Result<()> {
     Ok(())
 }
 
+/// Puts the root on a bind mount of the initramfs instead of the initramfs
+/// itself: `pivot_root(2)` refuses to move the initial rootfs, and every
+/// container's mount namespace pivots. Same files, one mount deeper (what
+/// switch_root does, without copying).
+pub fn leave_initramfs() -> Result<()> {
+    use nix::mount::{mount, MsFlags};
+    const NEW_ROOT: &str = "/.root";
+    std::fs::create_dir_all(NEW_ROOT).with_context(|| format!("creating {NEW_ROOT}"))?;
+    mount(Some("/"), NEW_ROOT, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+        .context("binding / for the new root")?;
+    std::env::set_current_dir(NEW_ROOT).context("entering the new root")?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .context("moving the new root onto /")?;
+    nix::unistd::chroot(".").context("chroot into the new root")?;
+    std::env::set_current_dir("/").context("chdir /")?;
+    Ok(())
+}
+
 /// Mounts the sandbox share if the host offered one; the answer goes into the
 /// hello, so the host learns why a share is missing.
 pub fn mount_share(sys: &dyn Syscalls) -> Result<String, String> {

@@ -6,7 +6,9 @@
 //! the host goes away, or when anything fatal happens (a guest without its
 //! agent is of no use to anyone).
 
+mod container;
 mod init;
+mod outbox;
 mod reaper;
 mod server;
 mod syscall;
@@ -17,7 +19,6 @@ use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use husk_protocol::frame::write_frame;
 use husk_protocol::{
     FrameReader, GuestMessage, Hello, AGENT_PORT, PROTOCOL_VERSION, SHARE_MOUNTPOINT,
 };
@@ -29,6 +30,9 @@ const CONNECT_ATTEMPTS: u32 = 100;
 const CONNECT_RETRY: Duration = Duration::from_millis(20);
 
 fn main() {
+    if std::env::args().nth(1).as_deref() == Some(container::stage::STAGE_ARG) {
+        container::stage::main();
+    }
     if std::process::id() != 1 {
         eprintln!("husk-agent: must run as PID 1 (/init) of a husk guest");
         std::process::exit(2);
@@ -42,6 +46,7 @@ fn main() {
 
 fn run() -> Result<server::Outcome> {
     reaper::block_sigchld().context("blocking SIGCHLD")?;
+    init::leave_initramfs().context("moving the root off the initramfs")?;
     init::mount_base(&LinuxSyscalls)?;
     let share = init::mount_share(&LinuxSyscalls);
     if let Err(e) = &share {
@@ -51,7 +56,8 @@ fn run() -> Result<server::Outcome> {
 
     let port = cmdline_port()?;
     let conn = connect(port)?;
-    let mut writer = conn.try_clone().context("cloning the host connection")?;
+    let writer = conn.try_clone().context("cloning the host connection")?;
+    let outbox = outbox::Outbox::new(writer);
     let hello = Hello {
         protocol_version: PROTOCOL_VERSION,
         agent_version: env!("CARGO_PKG_VERSION").to_string(),
@@ -59,9 +65,11 @@ fn run() -> Result<server::Outcome> {
         boot_time_ns: server::boot_time_ns(),
         share,
     };
-    write_frame(&mut writer, &GuestMessage::Hello(hello)).context("sending hello")?;
+    outbox
+        .send(&GuestMessage::Hello(hello))
+        .context("sending hello")?;
     let mut reader = FrameReader::new(conn);
-    let outcome = server::serve(&mut reader, &mut writer, SHARE_MOUNTPOINT.as_ref())?;
+    let outcome = server::serve(&mut reader, &outbox, SHARE_MOUNTPOINT.as_ref())?;
     Ok(outcome)
 }
 

@@ -2,8 +2,59 @@
 //!
 //! SIGCHLD is blocked in every thread (the mask is set before any thread is
 //! spawned and inherited); one thread waits for it with sigwait and reaps.
+//! Processes the agent started itself are watched ([`watch`]): their exit
+//! status goes to whoever waits for it, even when the process ended before
+//! the watch began.
 
+use std::collections::HashMap;
 use std::io;
+use std::sync::mpsc::{channel, Receiver, Sender};
+use std::sync::{Mutex, OnceLock};
+
+/// How a process ended, as `waitpid` reported it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitStatus(pub libc::c_int);
+
+impl ExitStatus {
+    /// The exit code, or 128 + the signal that killed the process (runc's convention).
+    pub fn code(self) -> i32 {
+        if libc::WIFSIGNALED(self.0) {
+            128 + libc::WTERMSIG(self.0)
+        } else {
+            libc::WEXITSTATUS(self.0)
+        }
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    waiting: HashMap<libc::pid_t, Sender<ExitStatus>>,
+    /// Exits nobody waited for yet, kept for a later [`watch`].
+    unclaimed: HashMap<libc::pid_t, ExitStatus>,
+}
+
+/// Most unclaimed exits kept: orphans nobody asks about must not pile up.
+const MAX_UNCLAIMED: usize = 1024;
+
+fn registry() -> &'static Mutex<Registry> {
+    static REGISTRY: OnceLock<Mutex<Registry>> = OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
+/// Returns a receiver for the exit status of `pid`, a child of the agent.
+pub fn watch(pid: libc::pid_t) -> Receiver<ExitStatus> {
+    let (tx, rx) = channel();
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    match reg.unclaimed.remove(&pid) {
+        Some(status) => {
+            let _ = tx.send(status);
+        }
+        None => {
+            reg.waiting.insert(pid, tx);
+        }
+    }
+    rx
+}
 
 /// Blocks SIGCHLD in the calling thread; call before spawning any thread.
 pub fn block_sigchld() -> io::Result<()> {
@@ -15,6 +66,7 @@ pub fn block_sigchld() -> io::Result<()> {
     }
     Ok(())
 }
+
 
 /// Starts the reaping thread.
 pub fn spawn() -> io::Result<std::thread::JoinHandle<()>> {
@@ -38,6 +90,20 @@ fn reap_all() {
         if pid <= 0 {
             return;
         }
+        deliver(pid, ExitStatus(status));
+    }
+}
+
+fn deliver(pid: libc::pid_t, status: ExitStatus) {
+    let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
+    match reg.waiting.remove(&pid) {
+        Some(tx) => {
+            let _ = tx.send(status);
+        }
+        None if reg.unclaimed.len() < MAX_UNCLAIMED => {
+            reg.unclaimed.insert(pid, status);
+        }
+        None => {}
     }
 }
 
@@ -48,5 +114,34 @@ fn sigchld_set() -> libc::sigset_t {
         libc::sigemptyset(&mut set);
         libc::sigaddset(&mut set, libc::SIGCHLD);
         set
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exit_code_follows_runc() {
+        assert_eq!(ExitStatus(3 << 8).code(), 3);
+        assert_eq!(ExitStatus(libc::SIGKILL).code(), 137);
+    }
+
+    #[test]
+    fn an_exit_before_the_watch_is_kept() {
+        deliver(999_999, ExitStatus(5 << 8));
+
+        let rx = watch(999_999);
+
+        assert_eq!(rx.recv().unwrap().code(), 5);
+    }
+
+    #[test]
+    fn a_watched_exit_is_delivered() {
+        let rx = watch(999_998);
+
+        deliver(999_998, ExitStatus(libc::SIGTERM));
+
+        assert_eq!(rx.recv().unwrap().code(), 143);
     }
 }

@@ -4,13 +4,15 @@
 //! ([`GuestMessage::ProtocolError`]) and never a panic: the decoder stays in
 //! step after a malformed or oversized frame.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::path::{Component, Path};
 
-use husk_protocol::frame::write_frame;
 use husk_protocol::{
     AgentError, FrameError, FrameReader, GuestMessage, HostMessage, Request, Response,
 };
+
+use crate::container::Sandbox;
+use crate::outbox::Outbox;
 
 /// Largest file [`Request::ReadFile`] returns; keeps the answer under the
 /// frame limit after base64.
@@ -25,12 +27,15 @@ pub enum Outcome {
     HostGone,
 }
 
-/// Answers requests from `reader` on `writer` until a shutdown or the end of the connection.
+/// Answers requests from `reader` through `outbox` until a shutdown or the
+/// end of the connection. Container requests go to one [`Sandbox`]; stdio
+/// and exits flow through `outbox` from its threads meanwhile.
 pub fn serve<R: Read>(
     reader: &mut FrameReader<R>,
-    writer: &mut impl Write,
+    outbox: &Outbox,
     share_root: &Path,
 ) -> Result<Outcome, FrameError> {
+    let sandbox = Sandbox::new(outbox.clone(), share_root);
     loop {
         let message = match reader.read_frame::<HostMessage>() {
             Ok(Some(m)) => m,
@@ -39,7 +44,7 @@ pub fn serve<R: Read>(
                 let answer = GuestMessage::ProtocolError {
                     message: e.to_string(),
                 };
-                write_frame(writer, &answer)?;
+                outbox.send(&answer)?;
                 continue;
             }
             Err(e) => return Err(e),
@@ -47,28 +52,31 @@ pub fn serve<R: Read>(
         match message {
             HostMessage::Request { id, request } => {
                 let shutdown = request == Request::Shutdown;
-                let result = handle(&request, share_root);
-                write_frame(writer, &GuestMessage::Response { id, result })?;
+                let result = handle(request, share_root, &sandbox);
+                outbox.send(&GuestMessage::Response { id, result })?;
                 if shutdown {
                     return Ok(Outcome::Shutdown);
                 }
             }
-            HostMessage::StreamData { stream, .. } | HostMessage::StreamEof { stream } => {
-                let message = format!("no stream {stream} is open");
-                write_frame(writer, &GuestMessage::ProtocolError { message })?;
-            }
+            HostMessage::StreamData { stream, data } => sandbox.stream_data(stream, data.0),
+            HostMessage::StreamEof { stream } => sandbox.stream_eof(stream),
         }
     }
 }
 
 /// Carries out one request.
-pub fn handle(request: &Request, share_root: &Path) -> Result<Response, AgentError> {
+pub fn handle(
+    request: Request,
+    share_root: &Path,
+    sandbox: &Sandbox,
+) -> Result<Response, AgentError> {
     match request {
         Request::Ping => Ok(Response::Pong {
             boot_time_ns: boot_time_ns(),
         }),
-        Request::ReadFile { path } => read_share_file(share_root, path),
+        Request::ReadFile { path } => read_share_file(share_root, &path),
         Request::Shutdown => Ok(Response::ShuttingDown),
+        other => sandbox.handle(other),
     }
 }
 
@@ -117,7 +125,7 @@ pub fn boot_time_ns() -> u64 {
 mod tests {
     use super::*;
     use husk_protocol::frame::encode;
-    use std::io::Cursor;
+    use std::io::{Cursor, Write};
 
     /// Runs `serve` over the given host bytes and returns what the agent wrote.
     fn serve_bytes(
@@ -138,11 +146,23 @@ mod tests {
                 Ok(())
             }
         }
+        #[derive(Clone, Default)]
+        struct Shared(std::sync::Arc<std::sync::Mutex<Vec<u8>>>);
+        impl Write for Shared {
+            fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(buf);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
         let mut reader = FrameReader::new(Duplex(Cursor::new(input)));
-        let mut out = Vec::new();
-        let outcome = serve(&mut reader, &mut out, share);
+        let out = Shared::default();
+        let outcome = serve(&mut reader, &Outbox::new(out.clone()), share);
+        let bytes = out.0.lock().unwrap().clone();
         let mut answers = Vec::new();
-        let mut r = FrameReader::new(Cursor::new(out));
+        let mut r = FrameReader::new(Cursor::new(bytes));
         while let Some(m) = r.read_frame().unwrap() {
             answers.push(m);
         }
@@ -237,12 +257,7 @@ mod tests {
         std::fs::create_dir_all(dir.join("sub")).unwrap();
         std::fs::write(dir.join("sub/f"), b"hello").unwrap();
 
-        let got = handle(
-            &Request::ReadFile {
-                path: "sub/f".into(),
-            },
-            &dir,
-        );
+        let got = read_share_file(&dir, "sub/f");
 
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(
@@ -256,21 +271,14 @@ mod tests {
     #[test]
     fn read_file_refuses_escaping_paths() {
         for path in ["../etc/passwd", "/etc/passwd", "a/../../b", ""] {
-            let err =
-                handle(&Request::ReadFile { path: path.into() }, Path::new("/tmp")).unwrap_err();
+            let err = read_share_file(Path::new("/tmp"), path).unwrap_err();
             assert!(err.message.contains("must be relative"), "{path}: {err}");
         }
     }
 
     #[test]
     fn read_file_of_a_missing_file_names_it_with_errno() {
-        let err = handle(
-            &Request::ReadFile {
-                path: "missing".into(),
-            },
-            Path::new("/nonexistent"),
-        )
-        .unwrap_err();
+        let err = read_share_file(Path::new("/nonexistent"), "missing").unwrap_err();
         assert_eq!(err.errno, Some(libc::ENOENT));
         assert!(err.message.contains("/nonexistent/missing"), "{err}");
     }

@@ -206,6 +206,13 @@ impl AgentConn {
         Ok(())
     }
 
+    /// The read and write halves, for a caller that multiplexes the
+    /// connection itself (the sandbox monitor). Reads get no timeout.
+    pub fn into_parts(self) -> io::Result<(FrameReader<UnixStream>, UnixStream)> {
+        self.reader.get_ref().set_read_timeout(None)?;
+        Ok((self.reader, self.writer))
+    }
+
     /// Closes the connection in both directions.
     pub fn disconnect(&mut self) {
         let _ = self.writer.shutdown(std::net::Shutdown::Both);

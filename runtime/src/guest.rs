@@ -20,11 +20,10 @@ pub enum GuestError {
     #[error(transparent)]
     Start(#[from] HypervisorError),
     /// The VM started but the agent did not come up; carries the console tail.
-    #[error("{source}\n--- last lines of the guest console ({console}) ---\n{tail}")]
+    #[error("{cause}\n--- last lines of the guest console ({console}) ---\n{tail}")]
     NoAgent {
-        /// What went wrong.
-        #[source]
-        source: AgentClientError,
+        /// What went wrong (in the message; not chained, to print it once).
+        cause: AgentClientError,
         /// The console log path.
         console: PathBuf,
         /// Its last lines.
@@ -78,11 +77,11 @@ impl Guest {
                 },
                 _listener: listener,
             }),
-            Err(source) => {
+            Err(cause) => {
                 let _ = vm.stop();
                 let console = vm.console_log().to_path_buf();
                 Err(GuestError::NoAgent {
-                    source,
+                    cause,
                     tail: console_tail(&console, CONSOLE_TAIL_LINES),
                     console,
                 })
@@ -98,6 +97,12 @@ impl Guest {
     /// The VM.
     pub fn vm(&mut self) -> &mut dyn Vm {
         self.vm.as_mut()
+    }
+
+    /// The VM and the agent connection, for a caller that drives both
+    /// itself (the sandbox monitor).
+    pub fn into_parts(self) -> (Box<dyn Vm>, AgentConn) {
+        (self.vm, self.agent)
     }
 
     /// Ends the VM at once (no shutdown request), stopping its helpers and

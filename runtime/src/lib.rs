@@ -14,4 +14,6 @@ pub mod guest;
 pub mod host;
 pub mod hypervisor;
 pub mod initramfs;
+pub mod oci;
 pub mod process;
+pub mod sandbox;

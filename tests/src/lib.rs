@@ -5,6 +5,10 @@
 //! (or when a file it names is missing) every test here skips itself and says
 //! why; it never passes silently.
 
+pub mod cli;
+pub mod podman;
+pub mod rootfs;
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 

@@ -17,6 +17,7 @@
 pub mod bytes;
 pub mod frame;
 pub mod message;
+pub mod oci;
 
 pub use bytes::Bytes;
 pub use frame::{FrameError, FrameReader, MAX_FRAME_LEN};
@@ -24,7 +25,7 @@ pub use message::*;
 
 /// The protocol version this crate speaks. Bump it on any incompatible change
 /// to the messages.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The vsock port on the host (CID 2) that the agent connects to at boot.
 pub const AGENT_PORT: u32 = 1024;

@@ -50,6 +50,93 @@ pub enum Request {
     },
     /// Answered with [`Response::ShuttingDown`], then the guest powers off.
     Shutdown,
+    /// Sets up the container and its init process up to the point of exec;
+    /// answered with [`Response::Process`]. Its stdio streams are process 0's.
+    CreateContainer(Box<ContainerSpec>),
+    /// Lets the container's init process exec its command.
+    StartContainer,
+    /// Starts another process in the running container; answered with
+    /// [`Response::Process`].
+    Exec {
+        /// Chosen by the host, unique in the guest, not 0 (init's).
+        process: ProcessId,
+        /// What to run.
+        spec: Box<crate::oci::Process>,
+    },
+    /// Sends a signal to a process, or with `all` to every container process.
+    Signal {
+        /// The target.
+        process: ProcessId,
+        /// The signal number.
+        signal: i32,
+        /// Every process of the container, not just the target.
+        all: bool,
+    },
+    /// The terminal of a process changed size.
+    Resize {
+        /// The process whose terminal it is.
+        process: ProcessId,
+        /// Rows.
+        rows: u16,
+        /// Columns.
+        cols: u16,
+    },
+    /// Freezes every container process (cgroup freezer).
+    Pause,
+    /// Thaws them.
+    Resume,
+    /// Lists the container's processes; answered with [`Response::Processes`].
+    Processes,
+    /// Reads the container's cgroup counters; answered with [`Response::Stats`].
+    Stats,
+    /// Changes the container's cgroup limits.
+    Update(Box<crate::oci::Resources>),
+}
+
+/// Identifies a process the host started: 0 is the container's init.
+pub type ProcessId = u32;
+
+/// The stream of a process's stdio `fd` (0, 1 or 2).
+pub fn stdio_stream(process: ProcessId, fd: u32) -> StreamId {
+    process.wrapping_mul(4).wrapping_add(fd)
+}
+
+/// The process and fd of a stream made by [`stdio_stream`].
+pub fn stream_owner(stream: StreamId) -> (ProcessId, u32) {
+    (stream / 4, stream % 4)
+}
+
+/// Everything the agent needs to set up the container, with paths of the
+/// share already resolved by the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ContainerSpec {
+    /// The container id (names its guest cgroup).
+    pub id: String,
+    /// The rootfs directory, relative to the share.
+    pub rootfs: String,
+    /// `root.readonly`.
+    pub readonly_root: bool,
+    /// `hostname`.
+    pub hostname: Option<String>,
+    /// `domainname`.
+    pub domainname: Option<String>,
+    /// `mounts`, in order; bind sources are relative to the share.
+    pub mounts: Vec<crate::oci::Mount>,
+    /// `process`.
+    pub process: crate::oci::Process,
+    /// Namespace types to create (`pid`, `mount`, `uts`, `ipc`, `network`, `cgroup`).
+    pub namespaces: Vec<String>,
+    /// `linux.maskedPaths`.
+    pub masked_paths: Vec<String>,
+    /// `linux.readonlyPaths`.
+    pub readonly_paths: Vec<String>,
+    /// `linux.sysctl`.
+    pub sysctl: crate::oci::Sysctl,
+    /// `linux.seccomp`.
+    pub seccomp: Option<crate::oci::Seccomp>,
+    /// `linux.resources`, applied to the container's guest cgroup.
+    pub resources: crate::oci::Resources,
 }
 
 /// Everything the guest sends.
@@ -81,6 +168,13 @@ pub enum GuestMessage {
     StreamEof {
         /// Which stream.
         stream: StreamId,
+    },
+    /// A process ended; sent after the EOF of its output streams.
+    ProcessExited {
+        /// Which process.
+        process: ProcessId,
+        /// Its exit code, or 128 + the signal that killed it (as runc reports).
+        exit_code: i32,
     },
 }
 
@@ -116,6 +210,51 @@ pub enum Response {
     },
     /// Answer to [`Request::Shutdown`]; the guest powers off next.
     ShuttingDown,
+    /// Done; nothing to report.
+    Done,
+    /// A process was set up (create) or started (exec).
+    Process {
+        /// Its pid in the guest's initial pid namespace.
+        pid: i32,
+    },
+    /// Answer to [`Request::Processes`].
+    Processes(Vec<ProcessInfo>),
+    /// Answer to [`Request::Stats`].
+    Stats(Stats),
+}
+
+/// One process of the container, as `ps` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessInfo {
+    /// The pid in the guest.
+    pub pid: i32,
+    /// The parent's pid.
+    pub ppid: i32,
+    /// The real user id.
+    pub uid: u32,
+    /// The command line, arguments joined by spaces.
+    pub cmd: String,
+}
+
+/// Cgroup counters of the container in the guest.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Stats {
+    /// CPU time used, nanoseconds.
+    pub cpu_usage_ns: u64,
+    /// User CPU time, nanoseconds.
+    pub cpu_user_ns: u64,
+    /// System CPU time, nanoseconds.
+    pub cpu_system_ns: u64,
+    /// Memory in use, bytes.
+    pub memory_usage: u64,
+    /// The memory limit, bytes (the guest's memory when unlimited).
+    pub memory_limit: u64,
+    /// Number of tasks.
+    pub pids: u64,
+    /// The pids limit, 0 when unlimited.
+    pub pids_limit: u64,
 }
 
 /// A request failed in the guest.

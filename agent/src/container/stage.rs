@@ -1,0 +1,329 @@
+//! The stage: a fresh, single-threaded exec of the agent that enters or
+//! creates the container's namespaces, forks the container process (so it is
+//! PID 1 of a new pid namespace, or a member of the container's), and waits
+//! for it, exiting with its status.
+//!
+//! The agent talks to the stage and to its child over fd [`CONTROL_FD`], a
+//! socketpair carrying JSON lines: the agent sends one [`StageTask`]; the
+//! stage answers [`StageReport::Pid`]; the child answers
+//! [`StageReport::Ready`] (set up, waiting for `start`) or
+//! [`StageReport::Error`]. After `start` the child's end closes on exec,
+//! which is how the agent learns the exec succeeded.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use husk_protocol::oci::{Process, Seccomp};
+use husk_protocol::ContainerSpec;
+use nix::sched::{setns, unshare, CloneFlags};
+use nix::sys::wait::{waitpid, WaitStatus};
+use nix::unistd::{fork, ForkResult};
+use serde::{Deserialize, Serialize};
+
+use super::{identity, mounts, seccomp};
+
+/// The fd of the control socket in the stage and its child.
+pub const CONTROL_FD: i32 = 3;
+
+/// The first argument that makes the agent binary run as a stage.
+pub const STAGE_ARG: &str = "husk-stage";
+
+/// What the stage is asked to do.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum StageTask {
+    /// Create the container: new namespaces, rootfs, then wait for start.
+    Create {
+        /// The container.
+        spec: Box<ContainerSpec>,
+        /// Where the share is mounted.
+        share_root: PathBuf,
+        /// The container's cgroup directory.
+        cgroup: PathBuf,
+    },
+    /// Join the container of `target_pid` and run `process` there.
+    Exec {
+        /// What to run.
+        process: Box<Process>,
+        /// The container's seccomp profile, applied to exec'd processes too.
+        seccomp: Option<Seccomp>,
+        /// The container's init, whose namespaces are joined.
+        target_pid: i32,
+        /// The container's cgroup directory.
+        cgroup: PathBuf,
+    },
+}
+
+/// What the stage and its child report.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub enum StageReport {
+    /// The container process's pid (in the guest's initial namespace).
+    Pid(i32),
+    /// The child is set up and waits for `start`.
+    Ready,
+    /// Setup failed.
+    Error(String),
+}
+
+/// The line the agent sends to let a created container exec.
+pub const START_LINE: &str = "start\n";
+
+/// Namespace types of the spec mapped to clone flags. `user` and `time`
+/// are not supported in the guest; the host refuses them before.
+pub fn clone_flag(kind: &str) -> Option<CloneFlags> {
+    Some(match kind {
+        "pid" => CloneFlags::CLONE_NEWPID,
+        "mount" => CloneFlags::CLONE_NEWNS,
+        "uts" => CloneFlags::CLONE_NEWUTS,
+        "ipc" => CloneFlags::CLONE_NEWIPC,
+        "network" => CloneFlags::CLONE_NEWNET,
+        "cgroup" => CloneFlags::CLONE_NEWCGROUP,
+        _ => return None,
+    })
+}
+
+/// The stage's main: never returns.
+pub fn main() -> ! {
+    // SAFETY: the agent placed the control socket at CONTROL_FD for us and
+    // nothing else in this fresh process owns it.
+    let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
+    let mut reporter = control.try_clone().ok();
+    let code = match run(control) {
+        Ok(code) => code,
+        Err(e) => {
+            if let Some(r) = reporter.as_mut() {
+                report(r, &StageReport::Error(format!("{e:#}")));
+            }
+            1
+        }
+    };
+    std::process::exit(code)
+}
+
+fn report(w: &mut impl Write, r: &StageReport) {
+    if let Ok(mut line) = serde_json::to_string(r) {
+        line.push('\n');
+        let _ = w.write_all(line.as_bytes());
+    }
+}
+
+fn run(control: UnixStream) -> Result<i32> {
+    let mut reader = BufReader::new(control.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line).context("reading the stage task")?;
+    let task: StageTask = serde_json::from_str(&line).context("decoding the stage task")?;
+    let cgroup = match &task {
+        StageTask::Create { cgroup, .. } | StageTask::Exec { cgroup, .. } => cgroup.clone(),
+    };
+    // Opened before any namespace changes, written by the child.
+    let procs = File::options()
+        .write(true)
+        .open(cgroup.join("cgroup.procs"))
+        .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
+    let mut new_cgroup_ns = false;
+    match &task {
+        StageTask::Create { spec, .. } => {
+            // The rootfs always gets its own mount namespace.
+            let mut flags = CloneFlags::CLONE_NEWNS;
+            for kind in &spec.namespaces {
+                match clone_flag(kind) {
+                    Some(CloneFlags::CLONE_NEWCGROUP) => new_cgroup_ns = true,
+                    Some(f) => flags |= f,
+                    None => anyhow::bail!("linux.namespaces: type {kind:?} is not supported"),
+                }
+            }
+            unshare(flags).context("creating the container's namespaces")?;
+        }
+        StageTask::Exec { target_pid, .. } => join_namespaces(*target_pid)?,
+    }
+    // SAFETY: the stage is single-threaded (a fresh exec), so the child may
+    // do anything after fork.
+    match unsafe { fork() }.context("forking the container process")? {
+        ForkResult::Parent { child } => {
+            let mut w = &control;
+            report(&mut w, &StageReport::Pid(child.as_raw()));
+            drop(reader);
+            drop(control);
+            detach_stdio();
+            Ok(wait_for(child))
+        }
+        ForkResult::Child => {
+            let mut w = control.try_clone()?;
+            let result = child(task, procs, new_cgroup_ns, &mut reader);
+            let e = match result {
+                Ok(never) => match never {},
+                Err(e) => e,
+            };
+            report(&mut w, &StageReport::Error(format!("{e:#}")));
+            std::process::exit(127)
+        }
+    }
+}
+
+/// Enters every namespace of `pid` that differs from ours; mount last, as
+/// it changes the root.
+fn join_namespaces(pid: i32) -> Result<()> {
+    for kind in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+        let theirs = format!("/proc/{pid}/ns/{kind}");
+        let ours = format!("/proc/self/ns/{kind}");
+        if std::fs::read_link(&theirs).ok() == std::fs::read_link(&ours).ok() {
+            continue;
+        }
+        let fd: OwnedFd = File::open(&theirs)
+            .with_context(|| format!("opening {theirs}"))?
+            .into();
+        setns(&fd, CloneFlags::empty()).with_context(|| format!("joining {theirs}"))?;
+    }
+    Ok(())
+}
+
+fn detach_stdio() {
+    if let Ok(null) = File::options().read(true).write(true).open("/dev/null") {
+        for fd in 0..3 {
+            let _ = nix::unistd::dup2(null.as_raw_fd(), fd);
+        }
+    }
+}
+
+fn wait_for(child: nix::unistd::Pid) -> i32 {
+    loop {
+        match waitpid(child, None) {
+            Ok(WaitStatus::Exited(_, code)) => return code,
+            Ok(WaitStatus::Signaled(_, sig, _)) => return 128 + sig as i32,
+            Ok(_) => continue,
+            Err(nix::errno::Errno::EINTR) => continue,
+            Err(_) => return 255,
+        }
+    }
+}
+
+/// The container process: sets itself up and execs. Returns only on failure.
+fn child(
+    task: StageTask,
+    procs: File,
+    new_cgroup_ns: bool,
+    control: &mut BufReader<UnixStream>,
+) -> Result<std::convert::Infallible> {
+    (&procs).write_all(b"0").context("joining the container's cgroup")?;
+    drop(procs);
+    if new_cgroup_ns {
+        unshare(CloneFlags::CLONE_NEWCGROUP).context("creating the cgroup namespace")?;
+    }
+    nix::unistd::setsid().context("setsid")?;
+    let (process, seccomp, wait_for_start) = match task {
+        StageTask::Create {
+            spec, share_root, ..
+        } => {
+            setup_container(&spec, &share_root)?;
+            (spec.process, spec.seccomp, true)
+        }
+        StageTask::Exec {
+            process, seccomp, ..
+        } => (*process, seccomp, false),
+    };
+    if process.terminal {
+        // SAFETY: TIOCSCTTY on fd 0 (the pty slave the agent gave us) takes an int argument.
+        let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("making the pty the controlling terminal");
+        }
+    }
+    let executable = setup_process(&process)?;
+    let caps = process.capabilities.clone().unwrap_or_default();
+    if let Some(profile) = seccomp.as_ref().filter(|_| !process.no_new_privileges) {
+        seccomp::apply(profile).context("linux.seccomp")?;
+    }
+    if process.capabilities.is_some() {
+        identity::apply_bounding(&caps)?;
+    }
+    identity::switch_user(&process)?;
+    if process.capabilities.is_some() {
+        identity::apply_capabilities(&caps)?;
+    }
+    set_cloexec(CONTROL_FD)?;
+    if wait_for_start {
+        let mut w = control.get_ref().try_clone()?;
+        report(&mut w, &StageReport::Ready);
+        let mut line = String::new();
+        control.read_line(&mut line).context("waiting for start")?;
+        if line != START_LINE {
+            anyhow::bail!("the agent went away before start");
+        }
+    }
+    if process.no_new_privileges {
+        nix::sys::prctl::set_no_new_privs().context("prctl(PR_SET_NO_NEW_PRIVS)")?;
+        if let Some(profile) = &seccomp {
+            seccomp::apply(profile).context("linux.seccomp")?;
+        }
+    }
+    Err(identity::exec(&executable, &process))
+}
+
+fn setup_container(spec: &ContainerSpec, share_root: &std::path::Path) -> Result<()> {
+    let has = |kind: &str| spec.namespaces.iter().any(|n| n == kind);
+    if has("uts") {
+        if let Some(name) = &spec.hostname {
+            nix::unistd::sethostname(name).context("setting the hostname")?;
+        }
+        if let Some(name) = &spec.domainname {
+            // SAFETY: the pointer and length describe `name`'s bytes.
+            let rc = unsafe { libc::setdomainname(name.as_ptr().cast(), name.len()) };
+            if rc != 0 {
+                return Err(std::io::Error::last_os_error()).context("setting the domainname");
+            }
+        }
+    }
+    mounts::setup_rootfs(spec, share_root)?;
+    for (key, value) in &spec.sysctl {
+        let path = format!("/proc/sys/{}", key.replace('.', "/"));
+        std::fs::write(&path, value)
+            .with_context(|| format!("linux.sysctl: setting {key} = {value:?}"))?;
+    }
+    mounts::mask_paths(&spec.masked_paths)?;
+    mounts::readonly_paths(&spec.readonly_paths)?;
+    if spec.readonly_root {
+        mounts::readonly_root()?;
+    }
+    Ok(())
+}
+
+/// Steps every container process takes: cwd, rlimits, OOM score, and the
+/// executable's path.
+fn setup_process(process: &Process) -> Result<PathBuf> {
+    let cwd = std::path::Path::new(&process.cwd);
+    if !cwd.is_dir() {
+        std::fs::create_dir_all(cwd).with_context(|| format!("process.cwd {}", process.cwd))?;
+    }
+    std::env::set_current_dir(cwd).with_context(|| format!("process.cwd {}", process.cwd))?;
+    identity::apply_rlimits(&process.rlimits)?;
+    identity::apply_oom_score_adj(process)?;
+    identity::find_executable(process)
+}
+
+fn set_cloexec(fd: i32) -> Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("marking the control fd close-on-exec")?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spec_namespaces_map_to_clone_flags() {
+        assert_eq!(clone_flag("pid"), Some(CloneFlags::CLONE_NEWPID));
+        assert_eq!(clone_flag("mount"), Some(CloneFlags::CLONE_NEWNS));
+        assert_eq!(clone_flag("user"), None);
+    }
+
+    #[test]
+    fn reports_are_json_lines() {
+        let mut out = Vec::new();
+        report(&mut out, &StageReport::Pid(42));
+        assert_eq!(out, b"{\"Pid\":42}\n");
+    }
+}

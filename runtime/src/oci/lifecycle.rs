@@ -1,0 +1,241 @@
+//! The lifecycle operations behind `create`, `start`, `run` and `delete`:
+//! each a short sequence of named steps, shared by the commands that use
+//! them.
+//!
+//! `create` starts the monitor as its child with a pipe on fd 3 and waits
+//! for the monitor's "ok" (or its error). On any failure everything created
+//! so far is removed: the state directory, the share, the monitor.
+
+use std::fs;
+use std::io::Read;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+use crate::oci::container::Container;
+use crate::oci::hooks;
+use crate::oci::spec::Bundle;
+use crate::oci::state::{check_id, now_rfc3339, process_alive, process_start_time, Record, Status};
+use crate::sandbox::control::{ControlReply, ControlRequest};
+use crate::sandbox::share;
+
+/// The fd on which the monitor reports readiness.
+pub const READY_FD: i32 = 3;
+
+/// How long `delete` waits for a killed container's monitor to finish.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// What `create` (and `run`) are given.
+pub struct CreateOptions {
+    /// `--root`.
+    pub root: PathBuf,
+    /// The container id.
+    pub id: String,
+    /// `--bundle`.
+    pub bundle: PathBuf,
+    /// `--console-socket`.
+    pub console_socket: Option<PathBuf>,
+    /// `--pid-file`.
+    pub pid_file: Option<PathBuf>,
+}
+
+/// Creates a container; returns it and its monitor (our child).
+pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
+    check_id(&opts.id).map_err(anyhow::Error::msg)?;
+    let bundle = Bundle::load(&opts.bundle)?;
+    if bundle.process().terminal && opts.console_socket.is_none() {
+        bail!("process.terminal is set: a --console-socket is required to create it");
+    }
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&opts.root)
+        .with_context(|| format!("creating the state root {}", opts.root.display()))?;
+    let dir = opts.root.join(&opts.id);
+    match fs::DirBuilder::new().mode(0o700).create(&dir) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            bail!("container with id {} already exists", opts.id)
+        }
+        Err(e) => return Err(e).with_context(|| format!("creating {}", dir.display())),
+    }
+    let mut record = Record {
+        id: opts.id.clone(),
+        bundle: bundle.dir.clone(),
+        rootfs: bundle.rootfs.clone(),
+        pid: 0,
+        pid_start: 0,
+        created: now_rfc3339(),
+        annotations: bundle.spec.annotations.clone(),
+        owner: "root".into(),
+        poststop: bundle.spec.hooks.clone().unwrap_or_default().poststop,
+        host_cgroups: Vec::new(),
+    };
+    let created = (|| {
+        record.save(&dir).context("writing state.json")?;
+        let (mut monitor, ready) = spawn_monitor(opts, &bundle.dir)?;
+        record.pid = monitor.id() as i32;
+        record.pid_start = process_start_time(record.pid).unwrap_or(0);
+        let saved = record.save(&dir).context("writing state.json");
+        let ready = wait_ready(&mut monitor, ready);
+        saved.and(ready)?;
+        let state = record.state(Status::Created);
+        let all = bundle.spec.hooks.clone().unwrap_or_default();
+        let steps = [
+            ("createRuntime", &all.create_runtime),
+            ("prestart", &all.prestart),
+            ("createContainer", &all.create_container),
+        ];
+        for (kind, list) in steps {
+            if let Err(e) = hooks::run(kind, list, &state) {
+                let _ = monitor.kill();
+                let _ = monitor.wait();
+                bail!("{e}");
+            }
+        }
+        if let Some(path) = &opts.pid_file {
+            write_pid_file(path, record.pid)?;
+        }
+        Ok(monitor)
+    })();
+    match created {
+        Ok(monitor) => Ok((Container { dir, record }, monitor)),
+        Err(e) => {
+            let _ = share::remove_dir(&dir);
+            Err(e)
+        }
+    }
+}
+
+fn spawn_monitor(opts: &CreateOptions, bundle: &Path) -> Result<(Child, std::io::PipeReader)> {
+    let (ready_r, ready_w) = std::io::pipe().context("creating the ready pipe")?;
+    let exe = std::env::current_exe().context("finding the husk binary")?;
+    let mut command = Command::new(exe);
+    command
+        .arg("--root")
+        .arg(&opts.root)
+        .arg("sandbox-monitor")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(&opts.id);
+    if let Some(socket) = &opts.console_socket {
+        command.arg("--console-socket").arg(socket);
+    }
+    let ready_fd = ready_w.as_raw_fd();
+    // SAFETY: setsid, dup2, fcntl and close_range are async-signal-safe and
+    // only change this child.
+    unsafe {
+        command.pre_exec(move || {
+            libc::setsid();
+            let rc = if ready_fd == READY_FD {
+                libc::fcntl(ready_fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(ready_fd, READY_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            // Fds the engine leaked to us are not the monitor's.
+            libc::syscall(libc::SYS_close_range, READY_FD + 1, u32::MAX, 0);
+            Ok(())
+        });
+    }
+    let child = command.spawn().context("starting the monitor")?;
+    drop(ready_w);
+    Ok((child, ready_r))
+}
+
+/// Waits for the monitor's "ok"; on anything else, waits for it to exit.
+fn wait_ready(child: &mut Child, mut ready: std::io::PipeReader) -> Result<()> {
+    let mut answer = String::new();
+    let _ = ready.read_to_string(&mut answer);
+    let answer = answer.trim();
+    if answer == "ok" {
+        return Ok(());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    if answer.is_empty() {
+        bail!("the monitor exited during setup without a reason (see its log)");
+    }
+    bail!("{answer}")
+}
+
+/// Writes the pid file atomically, as runc does.
+pub fn write_pid_file(path: &Path, pid: i32) -> Result<()> {
+    let tmp = path.with_extension("husk-tmp");
+    fs::write(&tmp, pid.to_string()).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, path).with_context(|| format!("writing the pid file {}", path.display()))
+}
+
+/// Starts a created container: startContainer hooks, start, poststart hooks.
+pub fn start(container: &Container) -> Result<()> {
+    let status = container.status();
+    match status {
+        Status::Created => {}
+        Status::Stopped => bail!("cannot start a container that has stopped"),
+        Status::Running | Status::Paused => bail!("cannot start an already running container"),
+        Status::Creating => bail!("cannot start a container that is still being created"),
+    }
+    let bundle = Bundle::load(&container.record.bundle)?;
+    let all = bundle.spec.hooks.unwrap_or_default();
+    let state = container.record.state(Status::Created);
+    hooks::run("startContainer", &all.start_container, &state).map_err(anyhow::Error::msg)?;
+    container.call(&ControlRequest::Start)?;
+    let state = container.record.state(Status::Running);
+    if let Err(e) = hooks::run("poststart", &all.poststart, &state) {
+        eprintln!("husk: warning: {e}");
+    }
+    Ok(())
+}
+
+/// Deletes a container: kills it first with `force` (or when only created),
+/// waits for its monitor, removes every trace, runs poststop hooks.
+pub fn delete(container: &Container, force: bool) -> Result<()> {
+    let status = container.status();
+    let id = &container.record.id;
+    match status {
+        Status::Running | Status::Paused if !force => {
+            bail!("cannot delete container {id} that is not stopped: {status}")
+        }
+        Status::Stopped => {}
+        _ => stop_monitor(container),
+    }
+    share::remove_dir(&container.dir.join("shared"))?;
+    for cgroup in &container.record.host_cgroups {
+        let _ = fs::remove_dir(cgroup);
+    }
+    let state = container.record.state(Status::Stopped);
+    if let Err(e) = hooks::run("poststop", &container.record.poststop, &state) {
+        eprintln!("husk: warning: {e}");
+    }
+    share::remove_dir(&container.dir)
+}
+
+/// Kills the container and waits for its monitor to end (SIGKILL to the
+/// monitor if it does not).
+fn stop_monitor(container: &Container) {
+    let kill = ControlRequest::Kill {
+        signal: libc::SIGKILL,
+        all: true,
+    };
+    let asked = matches!(container.call(&kill), Ok(ControlReply::Done));
+    let (pid, start) = (container.record.pid, container.record.pid_start);
+    let deadline = Instant::now() + if asked { STOP_TIMEOUT } else { Duration::ZERO };
+    while pid > 0 && process_alive(pid, start) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    if pid > 0 && process_alive(pid, start) {
+        // SAFETY: kill takes no pointers; the pid is checked to be our monitor.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while process_alive(pid, start) && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

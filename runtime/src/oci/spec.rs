@@ -1,0 +1,401 @@
+//! config.json: the OCI runtime spec of a bundle, read and checked before
+//! anything is created, so a bad bundle costs nothing and leaves nothing.
+//!
+//! Source: opencontainers/runtime-spec v1.1 `config.md`, `config-linux.md`.
+//! The types the guest needs live in [`husk_protocol::oci`]; this module
+//! adds what only the host reads (root, hooks, namespaces, cgroups path).
+//! Every error names the field (by its JSON path) or the path on disk.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use husk_protocol::oci::{Mount, Process, Resources, Seccomp, Sysctl};
+use serde::{Deserialize, Serialize};
+
+/// Spec versions this runtime implements (runc 1.1 accepts the same).
+pub const SUPPORTED_MAJOR: u64 = 1;
+
+/// Mount types the guest can make.
+pub const MOUNT_TYPES: &[&str] = &[
+    "bind", "tmpfs", "proc", "sysfs", "devpts", "mqueue", "cgroup", "cgroup2", "none", "shm",
+    "overlay",
+];
+
+/// Namespaces the guest can make (`user` and `time` are not supported).
+pub const NAMESPACES: &[&str] = &["pid", "mount", "uts", "ipc", "network", "cgroup"];
+
+/// A bundle's config.json.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    /// The spec version the bundle was written for.
+    pub oci_version: String,
+    /// The root filesystem.
+    pub root: Option<Root>,
+    /// The container's process.
+    pub process: Option<Process>,
+    /// The hostname.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    /// The NIS domain name.
+    #[serde(default)]
+    pub domainname: Option<String>,
+    /// Mounts, in order.
+    #[serde(default)]
+    pub mounts: Vec<Mount>,
+    /// Lifecycle hooks.
+    #[serde(default)]
+    pub hooks: Option<Hooks>,
+    /// Free-form metadata.
+    #[serde(default)]
+    pub annotations: BTreeMap<String, String>,
+    /// Linux specifics.
+    #[serde(default)]
+    pub linux: Option<Linux>,
+}
+
+/// `root`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Root {
+    /// The rootfs, absolute or relative to the bundle.
+    pub path: String,
+    /// Whether the rootfs is read-only in the container.
+    #[serde(default)]
+    pub readonly: bool,
+}
+
+/// `hooks`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Hooks {
+    /// Deprecated by the spec, still used by docker (libnetwork-setkey).
+    #[serde(default)]
+    pub prestart: Vec<Hook>,
+    /// After the environment is created, before pivot.
+    #[serde(default)]
+    pub create_runtime: Vec<Hook>,
+    /// In the container's namespaces, after create.
+    #[serde(default)]
+    pub create_container: Vec<Hook>,
+    /// Before the user process execs.
+    #[serde(default)]
+    pub start_container: Vec<Hook>,
+    /// After the user process started.
+    #[serde(default)]
+    pub poststart: Vec<Hook>,
+    /// After the container is deleted.
+    #[serde(default)]
+    pub poststop: Vec<Hook>,
+}
+
+/// One hook.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Hook {
+    /// Absolute path of the executable.
+    pub path: String,
+    /// Its argv, including argv[0].
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Its environment.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Seconds before it is killed.
+    #[serde(default)]
+    pub timeout: Option<u64>,
+}
+
+/// `linux`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Linux {
+    /// Namespaces to create or join.
+    #[serde(default)]
+    pub namespaces: Vec<Namespace>,
+    /// Resource limits.
+    #[serde(default)]
+    pub resources: Option<Resources>,
+    /// The cgroup of the container on the host.
+    #[serde(default)]
+    pub cgroups_path: Option<String>,
+    /// Paths masked in the container.
+    #[serde(default)]
+    pub masked_paths: Vec<String>,
+    /// Paths made read-only in the container.
+    #[serde(default)]
+    pub readonly_paths: Vec<String>,
+    /// Kernel parameters.
+    #[serde(default)]
+    pub sysctl: Sysctl,
+    /// The seccomp profile.
+    #[serde(default)]
+    pub seccomp: Option<Seccomp>,
+}
+
+/// One entry of `linux.namespaces`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Namespace {
+    /// `pid`, `network`, `mount`, ...
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// An existing namespace to join (a host path).
+    #[serde(default)]
+    pub path: Option<String>,
+}
+
+/// A bundle that cannot be run, and why.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecError {
+    /// config.json could not be read.
+    #[error("reading {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// config.json is not valid JSON or a field has the wrong type or is missing.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// serde's message with the field path in front.
+        message: String,
+    },
+    /// A field holds a value this runtime cannot honour.
+    #[error("{path}: {field}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// The JSON path of the field.
+        field: String,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A checked bundle: the spec plus resolved paths.
+#[derive(Debug, Clone)]
+pub struct Bundle {
+    /// The bundle directory, absolute.
+    pub dir: PathBuf,
+    /// The rootfs directory, absolute.
+    pub rootfs: PathBuf,
+    /// The spec.
+    pub spec: Spec,
+}
+
+impl Bundle {
+    /// Reads `dir/config.json` and checks everything the runtime relies on.
+    pub fn load(dir: &Path) -> Result<Bundle, SpecError> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let path = dir.join("config.json");
+        let text = std::fs::read(&path).map_err(|source| SpecError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let spec = parse(&text).map_err(|message| SpecError::Parse {
+            path: path.clone(),
+            message,
+        })?;
+        let invalid = |field: &str, message: String| SpecError::Invalid {
+            path: path.clone(),
+            field: field.to_string(),
+            message,
+        };
+        check(&spec).map_err(|(field, message)| invalid(&field, message))?;
+        let root = spec.root.as_ref().expect("checked");
+        let rootfs = dir.join(&root.path);
+        if !rootfs.is_dir() {
+            return Err(invalid(
+                "root.path",
+                format!("rootfs {} does not exist or is not a directory", rootfs.display()),
+            ));
+        }
+        for (i, m) in spec.mounts.iter().enumerate() {
+            if m.is_bind() {
+                let source = m.source.as_deref().unwrap_or_default();
+                let source = dir.join(source);
+                if std::fs::metadata(&source).is_err() {
+                    return Err(invalid(
+                        &format!("mounts[{i}].source"),
+                        format!("bind source {} does not exist", source.display()),
+                    ));
+                }
+            }
+        }
+        Ok(Bundle { dir, rootfs, spec })
+    }
+
+    /// The process (checked to be there).
+    pub fn process(&self) -> &Process {
+        self.spec.process.as_ref().expect("checked by load")
+    }
+
+    /// `linux`, or an empty one.
+    pub fn linux(&self) -> Linux {
+        self.spec.linux.clone().unwrap_or_default()
+    }
+}
+
+/// Parses config.json text; errors carry the JSON path of the bad field.
+pub fn parse(text: &[u8]) -> Result<Spec, String> {
+    let de = &mut serde_json::Deserializer::from_slice(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let field = e.path().to_string();
+        let inner = e.into_inner();
+        let syntax = matches!(
+            inner.classify(),
+            serde_json::error::Category::Syntax | serde_json::error::Category::Eof
+        );
+        if field == "." || syntax {
+            format!("invalid JSON: {inner}")
+        } else {
+            format!("{field}: {inner}")
+        }
+    })
+}
+
+/// Checks the fields a runtime must refuse; returns (field, message).
+pub fn check(spec: &Spec) -> Result<(), (String, String)> {
+    let version_major = spec
+        .oci_version
+        .split('.')
+        .next()
+        .and_then(|m| m.parse::<u64>().ok());
+    if version_major != Some(SUPPORTED_MAJOR) {
+        return Err((
+            "ociVersion".into(),
+            format!(
+                "unsupported version {:?} (this runtime implements {SUPPORTED_MAJOR}.x)",
+                spec.oci_version
+            ),
+        ));
+    }
+    let Some(root) = &spec.root else {
+        return Err(("root".into(), "missing (the rootfs is required)".into()));
+    };
+    if root.path.is_empty() {
+        return Err(("root.path".into(), "must not be empty".into()));
+    }
+    let Some(process) = &spec.process else {
+        return Err(("process".into(), "missing (required to create a container)".into()));
+    };
+    if process.args.is_empty() {
+        return Err(("process.args".into(), "must not be empty".into()));
+    }
+    if !process.cwd.starts_with('/') {
+        return Err((
+            "process.cwd".into(),
+            format!("{:?} must be an absolute path", process.cwd),
+        ));
+    }
+    for (i, m) in spec.mounts.iter().enumerate() {
+        if !m.destination.starts_with('/') {
+            return Err((
+                format!("mounts[{i}].destination"),
+                format!("{:?} must be an absolute path", m.destination),
+            ));
+        }
+        let kind = m.kind.as_deref().unwrap_or(if m.is_bind() { "bind" } else { "" });
+        if !m.is_bind() && !MOUNT_TYPES.contains(&kind) {
+            return Err((
+                format!("mounts[{i}].type"),
+                format!("unknown mount type {kind:?} (supported: {})", MOUNT_TYPES.join(", ")),
+            ));
+        }
+    }
+    if let Some(linux) = &spec.linux {
+        for (i, ns) in linux.namespaces.iter().enumerate() {
+            if !NAMESPACES.contains(&ns.kind.as_str()) && ns.kind != "user" && ns.kind != "time" {
+                return Err((
+                    format!("linux.namespaces[{i}].type"),
+                    format!("unknown namespace type {:?}", ns.kind),
+                ));
+            }
+            if ns.kind == "user" || ns.kind == "time" {
+                return Err((
+                    format!("linux.namespaces[{i}].type"),
+                    format!("{} namespaces are not supported by husk yet", ns.kind),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"{"ociVersion":"1.0.2","root":{"path":"rootfs"},
+        "process":{"args":["sh"],"cwd":"/"}}"#;
+
+    fn with(patch: impl FnOnce(&mut serde_json::Value)) -> Result<(), (String, String)> {
+        let mut v: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+        patch(&mut v);
+        check(&parse(v.to_string().as_bytes()).map_err(|e| ("parse".to_string(), e))?)
+    }
+
+    #[test]
+    fn a_minimal_spec_passes() {
+        assert_eq!(with(|_| {}), Ok(()));
+    }
+
+    #[test]
+    fn invalid_json_says_so() {
+        let err = parse(b"{\"ociVersion\": ").unwrap_err();
+        assert!(err.starts_with("invalid JSON"), "{err}");
+    }
+
+    #[test]
+    fn a_wrong_type_names_the_field_path() {
+        let err = parse(br#"{"ociVersion":"1.0.0","process":{"args":"sh","cwd":"/"}}"#).unwrap_err();
+        assert!(err.starts_with("process.args:"), "{err}");
+    }
+
+    #[test]
+    fn a_missing_required_field_is_named() {
+        let err = parse(br#"{"ociVersion":"1.0.0","process":{"args":["sh"]}}"#).unwrap_err();
+        assert!(err.contains("missing field `cwd`"), "{err}");
+    }
+
+    #[test]
+    fn an_unsupported_version_is_refused() {
+        let err = with(|v| v["ociVersion"] = "2.0.0".into()).unwrap_err();
+        assert_eq!(err.0, "ociVersion");
+    }
+
+    #[test]
+    fn an_unknown_mount_type_names_the_mount() {
+        let err = with(|v| {
+            v["mounts"] = serde_json::json!([{"destination":"/x","type":"ext9","source":"/dev/x"}])
+        })
+        .unwrap_err();
+        assert_eq!(err.0, "mounts[0].type");
+        assert!(err.1.contains("ext9"));
+    }
+
+    #[test]
+    fn a_user_namespace_is_refused_clearly() {
+        let err = with(|v| v["linux"] = serde_json::json!({"namespaces":[{"type":"user"}]}))
+            .unwrap_err();
+        assert_eq!(err.0, "linux.namespaces[0].type");
+    }
+
+    #[test]
+    fn a_relative_cwd_is_refused() {
+        let err = with(|v| v["process"]["cwd"] = "tmp".into()).unwrap_err();
+        assert_eq!(err.0, "process.cwd");
+    }
+
+    #[test]
+    fn a_missing_rootfs_names_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), MINIMAL).unwrap();
+
+        let err = Bundle::load(dir.path()).unwrap_err().to_string();
+
+        assert!(err.contains("root.path") && err.contains("rootfs"), "{err}");
+    }
+}

@@ -1,0 +1,15 @@
+//! The sandbox: what runs on the host for one container. The monitor
+//! process ([`monitor`]) with its share ([`share`]), the agent connection
+//! shared by its threads ([`agent_mux`]), stdio relays ([`stdio`], [`tty`]),
+//! signal forwarding ([`signals`]), the VM's size ([`sizing`]), and the
+//! control socket the other commands use ([`control`]).
+
+pub mod agent_mux;
+pub mod control;
+pub mod exec_relay;
+pub mod monitor;
+pub mod share;
+pub mod signals;
+pub mod sizing;
+pub mod stdio;
+pub mod tty;

@@ -1,0 +1,332 @@
+//! End-to-end tests of the runc-compatible CLI: real guests (qemu backend
+//! here), real bundles with a busybox rootfs. Each checks the output, state
+//! and exit codes runc gives, and that nothing is left behind.
+
+use std::io::Write;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use husk_tests::cli::Cli;
+use husk_tests::cli_or_skip;
+use serde_json::Value;
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn wait_for_status(cli: &Cli, id: &str, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let status = cli.state(id)["status"].as_str().unwrap_or("").to_string();
+        if status == want {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{id} stayed {status}, wanted {want}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn run_relays_both_streams_and_the_exit_code() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["sh", "-c", "echo out; echo err >&2; exit 3"]);
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "streams"]);
+
+    assert_eq!(text(&out.stdout), "out\n");
+    assert_eq!(text(&out.stderr), "err\n");
+    assert_eq!(out.status.code(), Some(3));
+    assert!(cli.ids().is_empty(), "run deletes the container");
+}
+
+#[test]
+fn stdin_eof_reaches_the_workload_and_binary_data_survives() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["cat"]);
+    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+
+    let mut child = cli
+        .husk(["run", "--bundle", &bundle.path(), "cat"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let data = input.clone();
+    let writer = std::thread::spawn(move || stdin.write_all(&data));
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap().unwrap();
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(out.stdout.len(), input.len());
+    assert!(out.stdout == input, "the bytes differ");
+}
+
+#[test]
+fn a_workload_killed_by_a_signal_exits_128_plus_n() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["sh", "-c", "kill -9 $$"]);
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "sig"]);
+
+    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_lifecycle_follows_runc() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["sleep", "1000"]);
+    let pid_file = bundle.dir.path().join("pid");
+
+    let out = cli.output([
+        "create", "--bundle", &bundle.path(), "--pid-file", &pid_file.to_string_lossy(), "life",
+    ]);
+    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    let state = cli.state("life");
+    assert_eq!(state["status"], "created");
+    assert_eq!(state["ociVersion"], "1.1.0");
+    let pid: i64 = std::fs::read_to_string(&pid_file).unwrap().parse().unwrap();
+    assert_eq!(state["pid"], pid);
+    assert_eq!(state["bundle"], bundle.path());
+
+    let dup = cli.output(["create", "--bundle", &bundle.path(), "life"]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(text(&dup.stderr).contains("already exists"), "{}", text(&dup.stderr));
+
+    assert!(cli.output(["start", "life"]).status.success());
+    assert_eq!(cli.state("life")["status"], "running");
+    let again = cli.output(["start", "life"]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
+
+    let busy = cli.output(["delete", "life"]);
+    assert_eq!(busy.status.code(), Some(1));
+    assert!(text(&busy.stderr).contains("not stopped: running"), "{}", text(&busy.stderr));
+
+    let list = cli.output(["list", "--format", "json"]);
+    let list: Value = serde_json::from_slice(&list.stdout).unwrap();
+    assert_eq!(list[0]["id"], "life");
+    assert_eq!(list[0]["status"], "running");
+
+    assert!(cli.output(["kill", "life", "KILL"]).status.success());
+    wait_for_status(&cli, "life", "stopped");
+    let late = cli.output(["kill", "life", "9"]);
+    assert_eq!(late.status.code(), Some(1));
+    assert!(text(&late.stderr).contains("container not running"), "{}", text(&late.stderr));
+
+    assert!(cli.output(["delete", "life"]).status.success());
+    let gone = cli.output(["state", "life"]);
+    assert_eq!(gone.status.code(), Some(1));
+    assert!(text(&gone.stderr).contains("does not exist"));
+}
+
+#[test]
+fn exec_ps_pause_resume_events_and_update_work_on_a_running_container() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["sleep", "1000"]);
+    let run = cli.output(["run", "--detach", "--bundle", &bundle.path(), "busy"]);
+    assert!(run.status.success(), "run -d: {}", text(&run.stderr));
+
+    let exec = cli.output(["exec", "busy", "sh", "-c", "echo hi; echo $$ >&2; exit 5"]);
+    assert_eq!(text(&exec.stdout), "hi\n");
+    assert_eq!(exec.status.code(), Some(5));
+
+    let ps = cli.output(["ps", "--format", "json", "busy"]);
+    let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
+    assert!(!pids.is_empty(), "{}", text(&ps.stderr));
+
+    let init = cli.output(["exec", "busy", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]);
+    assert_eq!(text(&init.stdout), "sleep 1000 ", "the workload is PID 1");
+
+    assert!(cli.output(["pause", "busy"]).status.success());
+    assert_eq!(cli.state("busy")["status"], "paused");
+    assert!(cli.output(["resume", "busy"]).status.success());
+    assert_eq!(cli.state("busy")["status"], "running");
+
+    let events = cli.output(["events", "--stats", "busy"]);
+    let event: Value = serde_json::from_slice(&events.stdout).unwrap();
+    assert_eq!(event["type"], "stats");
+    assert!(event["data"]["memory"]["usage"]["usage"].as_u64().unwrap() > 0);
+
+    let mut update = cli
+        .husk(["update", "--resources", "-", "busy"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    update
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"pids":{"limit":77}}"#)
+        .unwrap();
+    assert!(update.wait().unwrap().success());
+    let pids_max = cli.output(["exec", "busy", "cat", "/sys/fs/cgroup/pids.max"]);
+    assert_eq!(text(&pids_max.stdout), "77\n", "{}", text(&pids_max.stderr));
+
+    assert!(cli.output(["delete", "--force", "busy"]).status.success());
+}
+
+#[test]
+fn exec_detach_leaves_a_waitable_process_with_the_exit_code() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["sleep", "1000"]);
+    assert!(cli.output(["run", "-d", "--bundle", &bundle.path(), "ed"]).status.success());
+    let pid_file = bundle.dir.path().join("exec.pid");
+
+    let out = cli.output([
+        "exec", "--detach", "--pid-file", &pid_file.to_string_lossy(), "ed", "sh", "-c", "exit 4",
+    ]);
+
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while husk_tests::process_exists(pid) {
+        assert!(Instant::now() < deadline, "exec relay {pid} did not end");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(cli.output(["delete", "-f", "ed"]).status.success());
+}
+
+#[test]
+fn bind_mounts_share_files_with_the_host_rw_and_ro() {
+    let cli = cli_or_skip!();
+    let rw = tempfile::tempdir().unwrap();
+    let ro = tempfile::tempdir().unwrap();
+    std::fs::write(ro.path().join("in.txt"), "from host\n").unwrap();
+    let mut bundle = cli.bundle(&[
+        "sh",
+        "-c",
+        "echo written > /data/out.txt; cat /ro/in.txt; echo x > /ro/new 2>/dev/null || echo ro-refused",
+    ]);
+    let mounts = bundle.config["mounts"].as_array_mut().unwrap();
+    mounts.push(serde_json::json!({"destination": "/data", "type": "bind",
+        "source": rw.path(), "options": ["rbind", "rw"]}));
+    mounts.push(serde_json::json!({"destination": "/ro", "type": "bind",
+        "source": ro.path(), "options": ["rbind", "ro"]}));
+    bundle.write();
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "binds"]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "from host\nro-refused\n");
+    assert_eq!(std::fs::read_to_string(rw.path().join("out.txt")).unwrap(), "written\n");
+    assert!(!ro.path().join("new").exists());
+}
+
+#[test]
+fn the_process_spec_is_applied_in_the_guest() {
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&[
+        "sh",
+        "-c",
+        "echo $$ $(id -u):$(id -g) $(hostname) $PWD $FOO $(ulimit -n); touch /x 2>/dev/null || echo ro",
+    ]);
+    let c = &mut bundle.config;
+    c["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
+    c["process"]["env"].as_array_mut().unwrap().push("FOO=bar".into());
+    c["process"]["cwd"] = "/tmp".into();
+    c["hostname"] = "guesthost".into();
+    c["root"]["readonly"] = true.into();
+    bundle.write();
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "spec"]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "1 1000:1000 guesthost /tmp bar 1024\nro\n");
+}
+
+#[test]
+fn hooks_run_on_the_host_with_the_state_on_stdin() {
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&["true"]);
+    let log = bundle.dir.path().join("hooks.log");
+    let hook = |name: &str| {
+        serde_json::json!({"path": "/bin/sh",
+            "args": ["sh", "-c", format!("echo {name} $(cat) >> {}", log.display())]})
+    };
+    bundle.config["hooks"] = serde_json::json!({
+        "createRuntime": [hook("createRuntime")],
+        "prestart": [hook("prestart")],
+        "startContainer": [hook("startContainer")],
+        "poststart": [hook("poststart")],
+        "poststop": [hook("poststop")],
+    });
+    bundle.write();
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "hooked"]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let text = std::fs::read_to_string(&log).unwrap();
+    let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_eq!(order, ["createRuntime", "prestart", "startContainer", "poststart", "poststop"]);
+    assert!(text.contains("\"id\":\"hooked\""), "{text}");
+}
+
+#[test]
+fn bad_bundles_get_one_clear_error_and_leave_nothing() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["true"]);
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
+        ("badversion", Box::new(|c| c["ociVersion"] = "2.0.0".into()), "ociVersion"),
+        ("nocwd", Box::new(|c| { c["process"].as_object_mut().unwrap().remove("cwd"); }), "cwd"),
+        ("norootfs", Box::new(|c| c["root"]["path"] = "missing".into()), "root.path"),
+        ("badmount", Box::new(|c| {
+            c["mounts"].as_array_mut().unwrap().push(
+                serde_json::json!({"destination": "/x", "type": "ext9", "source": "x"}));
+        }), "mounts[7].type"),
+        ("nosource", Box::new(|c| {
+            c["mounts"].as_array_mut().unwrap().push(
+                serde_json::json!({"destination": "/x", "type": "bind", "source": "/no/such"}));
+        }), "/no/such"),
+    ];
+    for (id, patch, needle) in cases {
+        let mut b = cli.bundle(&["true"]);
+        patch(&mut b.config);
+        b.write();
+        let out = cli.output(["create", "--bundle", &b.path(), id]);
+        assert_eq!(out.status.code(), Some(1), "{id}");
+        assert!(text(&out.stderr).contains(needle), "{id}: {}", text(&out.stderr));
+        assert!(cli.ids().is_empty(), "{id} left state");
+    }
+    std::fs::write(bundle.dir.path().join("config.json"), "{not json").unwrap();
+    let out = cli.output(["create", "--bundle", &bundle.path(), "json"]);
+    assert!(text(&out.stderr).contains("invalid JSON"), "{}", text(&out.stderr));
+    for bad_id in ["a/b", "..", "x..y"] {
+        let out = cli.output(["create", "--bundle", &bundle.path(), bad_id]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(text(&out.stderr).contains("invalid container id"), "{}", text(&out.stderr));
+    }
+    assert_eq!(std::fs::read_dir(cli.root.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn errors_go_to_the_log_file_as_json() {
+    let cli = cli_or_skip!();
+    let log = cli.root.path().join("../husk-log.json");
+    let out = cli.output([
+        "--log", &log.to_string_lossy(), "--log-format", "json", "start", "nonexistent",
+    ]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let line: Value = serde_json::from_str(std::fs::read_to_string(&log).unwrap().trim()).unwrap();
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(line["level"], "error");
+    assert!(line["msg"].as_str().unwrap().contains("does not exist"));
+}
+
+#[test]
+fn features_and_spec_print_what_runc_prints() {
+    let cli = cli_or_skip!();
+    let features: Value = serde_json::from_slice(&cli.output(["features"]).stdout).unwrap();
+    assert_eq!(features["ociVersionMin"], "1.0.0");
+    assert_eq!(features["linux"]["seccomp"]["enabled"], true);
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_string_lossy().into_owned();
+    assert!(cli.output(["spec", "--bundle", &path]).status.success());
+    let again = cli.output(["spec", "--bundle", &path]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(text(&again.stderr).contains("exists"));
+}
