@@ -96,8 +96,14 @@ pub fn leave_initramfs() -> Result<()> {
     use nix::mount::{mount, MsFlags};
     const NEW_ROOT: &str = "/.root";
     std::fs::create_dir_all(NEW_ROOT).with_context(|| format!("creating {NEW_ROOT}"))?;
-    mount(Some("/"), NEW_ROOT, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-        .context("binding / for the new root")?;
+    mount(
+        Some("/"),
+        NEW_ROOT,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .context("binding / for the new root")?;
     std::env::set_current_dir(NEW_ROOT).context("entering the new root")?;
     mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
         .context("moving the new root onto /")?;

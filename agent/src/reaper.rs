@@ -67,7 +67,6 @@ pub fn block_sigchld() -> io::Result<()> {
     Ok(())
 }
 
-
 /// Starts the reaping thread.
 pub fn spawn() -> io::Result<std::thread::JoinHandle<()>> {
     std::thread::Builder::new()

@@ -53,7 +53,13 @@ pub fn serve<R: Read>(
             HostMessage::Request { id, request } => {
                 let shutdown = request == Request::Shutdown;
                 let result = handle(request, share_root, &sandbox);
-                outbox.send(&GuestMessage::Response { id, result })?;
+                if let Err(e) = outbox.send(&GuestMessage::Response { id, result }) {
+                    if !e.is_recoverable() {
+                        return Err(e);
+                    }
+                    let result = Err(AgentError::new(format!("encoding the answer: {e}")));
+                    outbox.send(&GuestMessage::Response { id, result })?;
+                }
                 if shutdown {
                     return Ok(Outcome::Shutdown);
                 }

@@ -105,7 +105,11 @@ fn log_error(path: &std::path::Path, format: &str, message: &str) {
     } else {
         format!("time={time:?} level=error msg={message:?}")
     };
-    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+    if let Ok(mut f) = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+    {
         let _ = writeln!(f, "{line}");
     }
 }
@@ -123,11 +127,21 @@ mod tests {
     #[test]
     fn options_are_accepted_after_the_container_id() {
         let cli = Cli::try_parse_from([
-            "husk", "create", "c1", "--bundle", "/b", "--pid-file", "/p", "--root", "/r",
+            "husk",
+            "create",
+            "c1",
+            "--bundle",
+            "/b",
+            "--pid-file",
+            "/p",
+            "--root",
+            "/r",
         ])
         .unwrap();
         assert_eq!(cli.global.root, std::path::Path::new("/r"));
-        let Command::Create(args) = cli.command else { panic!("not create") };
+        let Command::Create(args) = cli.command else {
+            panic!("not create")
+        };
         assert_eq!(args.id, "c1");
         assert_eq!(args.bundle, std::path::Path::new("/b"));
     }
@@ -135,7 +149,9 @@ mod tests {
     #[test]
     fn kill_takes_all_before_the_id_and_a_signal_after() {
         let cli = Cli::try_parse_from(["husk", "kill", "--all", "c1", "9"]).unwrap();
-        let Command::Kill(args) = cli.command else { panic!("not kill") };
+        let Command::Kill(args) = cli.command else {
+            panic!("not kill")
+        };
         assert!(args.all);
         assert_eq!(args.signal, "9");
     }
@@ -143,7 +159,9 @@ mod tests {
     #[test]
     fn exec_keeps_the_command_options_for_the_command() {
         let cli = Cli::try_parse_from(["husk", "exec", "-t", "c1", "ls", "-la"]).unwrap();
-        let Command::Exec(args) = cli.command else { panic!("not exec") };
+        let Command::Exec(args) = cli.command else {
+            panic!("not exec")
+        };
         assert!(args.tty);
         assert_eq!(args.command, ["ls", "-la"]);
     }

@@ -17,11 +17,16 @@ fn text(bytes: &[u8]) -> String {
 fn wait_for_status(cli: &Cli, id: &str, want: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let status = cli.state(id)["status"].as_str().unwrap_or("").to_string();
+        let out = cli.output(["state", id]);
+        let state: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        let status = state["status"].as_str().unwrap_or("").to_string();
         if status == want {
             return;
         }
-        assert!(Instant::now() < deadline, "{id} stayed {status}, wanted {want}");
+        assert!(
+            Instant::now() < deadline,
+            "{id} stayed {status}, wanted {want}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -43,7 +48,9 @@ fn run_relays_both_streams_and_the_exit_code() {
 fn stdin_eof_reaches_the_workload_and_binary_data_survives() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&["cat"]);
-    let input: Vec<u8> = (0..3_000_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let input: Vec<u8> = (0..3_000_000u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
 
     let mut child = cli
         .husk(["run", "--bundle", &bundle.path(), "cat"])
@@ -66,11 +73,19 @@ fn stdin_eof_reaches_the_workload_and_binary_data_survives() {
 #[test]
 fn a_workload_killed_by_a_signal_exits_128_plus_n() {
     let cli = cli_or_skip!();
-    let bundle = cli.bundle(&["sh", "-c", "kill -9 $$"]);
+    let bundle = cli.bundle(&["sleep", "1000"]);
+    let run = cli
+        .husk(["run", "--bundle", &bundle.path(), "sig"])
+        .stdin(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_status(&cli, "sig", "running");
 
-    let out = cli.output(["run", "--bundle", &bundle.path(), "sig"]);
+    let kill = cli.output(["kill", "sig", "KILL"]);
 
-    assert_eq!(out.status.code(), Some(137), "{}", text(&out.stderr));
+    assert!(kill.status.success(), "{}", text(&kill.stderr));
+    let out = run.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(137));
 }
 
 #[test]
@@ -79,10 +94,14 @@ fn the_lifecycle_follows_runc() {
     let bundle = cli.bundle(&["sleep", "1000"]);
     let pid_file = bundle.dir.path().join("pid");
 
-    let out = cli.output([
-        "create", "--bundle", &bundle.path(), "--pid-file", &pid_file.to_string_lossy(), "life",
-    ]);
-    assert!(out.status.success(), "create: {}", text(&out.stderr));
+    assert!(cli.detached([
+        "create",
+        "--bundle",
+        &bundle.path(),
+        "--pid-file",
+        &pid_file.to_string_lossy(),
+        "life",
+    ]));
     let state = cli.state("life");
     assert_eq!(state["status"], "created");
     assert_eq!(state["ociVersion"], "1.1.0");
@@ -92,17 +111,29 @@ fn the_lifecycle_follows_runc() {
 
     let dup = cli.output(["create", "--bundle", &bundle.path(), "life"]);
     assert_eq!(dup.status.code(), Some(1));
-    assert!(text(&dup.stderr).contains("already exists"), "{}", text(&dup.stderr));
+    assert!(
+        text(&dup.stderr).contains("already exists"),
+        "{}",
+        text(&dup.stderr)
+    );
 
     assert!(cli.output(["start", "life"]).status.success());
     assert_eq!(cli.state("life")["status"], "running");
     let again = cli.output(["start", "life"]);
     assert_eq!(again.status.code(), Some(1));
-    assert!(text(&again.stderr).contains("already running"), "{}", text(&again.stderr));
+    assert!(
+        text(&again.stderr).contains("already running"),
+        "{}",
+        text(&again.stderr)
+    );
 
     let busy = cli.output(["delete", "life"]);
     assert_eq!(busy.status.code(), Some(1));
-    assert!(text(&busy.stderr).contains("not stopped: running"), "{}", text(&busy.stderr));
+    assert!(
+        text(&busy.stderr).contains("not stopped: running"),
+        "{}",
+        text(&busy.stderr)
+    );
 
     let list = cli.output(["list", "--format", "json"]);
     let list: Value = serde_json::from_slice(&list.stdout).unwrap();
@@ -113,7 +144,11 @@ fn the_lifecycle_follows_runc() {
     wait_for_status(&cli, "life", "stopped");
     let late = cli.output(["kill", "life", "9"]);
     assert_eq!(late.status.code(), Some(1));
-    assert!(text(&late.stderr).contains("container not running"), "{}", text(&late.stderr));
+    assert!(
+        text(&late.stderr).contains("container not running"),
+        "{}",
+        text(&late.stderr)
+    );
 
     assert!(cli.output(["delete", "life"]).status.success());
     let gone = cli.output(["state", "life"]);
@@ -125,8 +160,7 @@ fn the_lifecycle_follows_runc() {
 fn exec_ps_pause_resume_events_and_update_work_on_a_running_container() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&["sleep", "1000"]);
-    let run = cli.output(["run", "--detach", "--bundle", &bundle.path(), "busy"]);
-    assert!(run.status.success(), "run -d: {}", text(&run.stderr));
+    assert!(cli.detached(["run", "--detach", "--bundle", &bundle.path(), "busy"]));
 
     let exec = cli.output(["exec", "busy", "sh", "-c", "echo hi; echo $$ >&2; exit 5"]);
     assert_eq!(text(&exec.stdout), "hi\n");
@@ -136,7 +170,13 @@ fn exec_ps_pause_resume_events_and_update_work_on_a_running_container() {
     let pids: Vec<i64> = serde_json::from_slice(&ps.stdout).unwrap();
     assert!(!pids.is_empty(), "{}", text(&ps.stderr));
 
-    let init = cli.output(["exec", "busy", "sh", "-c", "cat /proc/1/cmdline | tr '\\0' ' '"]);
+    let init = cli.output([
+        "exec",
+        "busy",
+        "sh",
+        "-c",
+        "cat /proc/1/cmdline | tr '\\0' ' '",
+    ]);
     assert_eq!(text(&init.stdout), "sleep 1000 ", "the workload is PID 1");
 
     assert!(cli.output(["pause", "busy"]).status.success());
@@ -172,15 +212,26 @@ fn exec_ps_pause_resume_events_and_update_work_on_a_running_container() {
 fn exec_detach_leaves_a_waitable_process_with_the_exit_code() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&["sleep", "1000"]);
-    assert!(cli.output(["run", "-d", "--bundle", &bundle.path(), "ed"]).status.success());
+    assert!(cli.detached(["run", "-d", "--bundle", &bundle.path(), "ed"]));
     let pid_file = bundle.dir.path().join("exec.pid");
 
     let out = cli.output([
-        "exec", "--detach", "--pid-file", &pid_file.to_string_lossy(), "ed", "sh", "-c", "exit 4",
+        "exec",
+        "--detach",
+        "--pid-file",
+        &pid_file.to_string_lossy(),
+        "ed",
+        "sh",
+        "-c",
+        "exit 4",
     ]);
 
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let pid: u32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     while husk_tests::process_exists(pid) {
         assert!(Instant::now() < deadline, "exec relay {pid} did not end");
@@ -211,7 +262,10 @@ fn bind_mounts_share_files_with_the_host_rw_and_ro() {
 
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     assert_eq!(text(&out.stdout), "from host\nro-refused\n");
-    assert_eq!(std::fs::read_to_string(rw.path().join("out.txt")).unwrap(), "written\n");
+    assert_eq!(
+        std::fs::read_to_string(rw.path().join("out.txt")).unwrap(),
+        "written\n"
+    );
     assert!(!ro.path().join("new").exists());
 }
 
@@ -225,7 +279,10 @@ fn the_process_spec_is_applied_in_the_guest() {
     ]);
     let c = &mut bundle.config;
     c["process"]["user"] = serde_json::json!({"uid": 1000, "gid": 1000});
-    c["process"]["env"].as_array_mut().unwrap().push("FOO=bar".into());
+    c["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("FOO=bar".into());
     c["process"]["cwd"] = "/tmp".into();
     c["hostname"] = "guesthost".into();
     c["root"]["readonly"] = true.into();
@@ -234,7 +291,10 @@ fn the_process_spec_is_applied_in_the_guest() {
     let out = cli.output(["run", "--bundle", &bundle.path(), "spec"]);
 
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    assert_eq!(text(&out.stdout), "1 1000:1000 guesthost /tmp bar 1024\nro\n");
+    assert_eq!(
+        text(&out.stdout),
+        "1 1000:1000 guesthost /tmp bar 1024\nro\n"
+    );
 }
 
 #[test]
@@ -260,7 +320,16 @@ fn hooks_run_on_the_host_with_the_state_on_stdin() {
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let text = std::fs::read_to_string(&log).unwrap();
     let order: Vec<&str> = text.lines().map(|l| l.split(' ').next().unwrap()).collect();
-    assert_eq!(order, ["createRuntime", "prestart", "startContainer", "poststart", "poststop"]);
+    assert_eq!(
+        order,
+        [
+            "createRuntime",
+            "prestart",
+            "startContainer",
+            "poststart",
+            "poststop"
+        ]
+    );
     assert!(text.contains("\"id\":\"hooked\""), "{text}");
 }
 
@@ -268,35 +337,71 @@ fn hooks_run_on_the_host_with_the_state_on_stdin() {
 fn bad_bundles_get_one_clear_error_and_leave_nothing() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&["true"]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> = vec![
-        ("badversion", Box::new(|c| c["ociVersion"] = "2.0.0".into()), "ociVersion"),
-        ("nocwd", Box::new(|c| { c["process"].as_object_mut().unwrap().remove("cwd"); }), "cwd"),
-        ("norootfs", Box::new(|c| c["root"]["path"] = "missing".into()), "root.path"),
-        ("badmount", Box::new(|c| {
-            c["mounts"].as_array_mut().unwrap().push(
-                serde_json::json!({"destination": "/x", "type": "ext9", "source": "x"}));
-        }), "mounts[7].type"),
-        ("nosource", Box::new(|c| {
-            c["mounts"].as_array_mut().unwrap().push(
+    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> =
+        vec![
+            (
+                "badversion",
+                Box::new(|c| c["ociVersion"] = "2.0.0".into()),
+                "ociVersion",
+            ),
+            (
+                "nocwd",
+                Box::new(|c| {
+                    c["process"].as_object_mut().unwrap().remove("cwd");
+                }),
+                "cwd",
+            ),
+            (
+                "norootfs",
+                Box::new(|c| c["root"]["path"] = "missing".into()),
+                "root.path",
+            ),
+            (
+                "badmount",
+                Box::new(|c| {
+                    c["mounts"].as_array_mut().unwrap().push(
+                        serde_json::json!({"destination": "/x", "type": "ext9", "source": "x"}),
+                    );
+                }),
+                "mounts[7].type",
+            ),
+            (
+                "nosource",
+                Box::new(|c| {
+                    c["mounts"].as_array_mut().unwrap().push(
                 serde_json::json!({"destination": "/x", "type": "bind", "source": "/no/such"}));
-        }), "/no/such"),
-    ];
+                }),
+                "/no/such",
+            ),
+        ];
     for (id, patch, needle) in cases {
         let mut b = cli.bundle(&["true"]);
         patch(&mut b.config);
         b.write();
         let out = cli.output(["create", "--bundle", &b.path(), id]);
         assert_eq!(out.status.code(), Some(1), "{id}");
-        assert!(text(&out.stderr).contains(needle), "{id}: {}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains(needle),
+            "{id}: {}",
+            text(&out.stderr)
+        );
         assert!(cli.ids().is_empty(), "{id} left state");
     }
     std::fs::write(bundle.dir.path().join("config.json"), "{not json").unwrap();
     let out = cli.output(["create", "--bundle", &bundle.path(), "json"]);
-    assert!(text(&out.stderr).contains("invalid JSON"), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("invalid JSON"),
+        "{}",
+        text(&out.stderr)
+    );
     for bad_id in ["a/b", "..", "x..y"] {
         let out = cli.output(["create", "--bundle", &bundle.path(), bad_id]);
         assert_eq!(out.status.code(), Some(1));
-        assert!(text(&out.stderr).contains("invalid container id"), "{}", text(&out.stderr));
+        assert!(
+            text(&out.stderr).contains("invalid container id"),
+            "{}",
+            text(&out.stderr)
+        );
     }
     assert_eq!(std::fs::read_dir(cli.root.path()).unwrap().count(), 0);
 }
@@ -306,7 +411,12 @@ fn errors_go_to_the_log_file_as_json() {
     let cli = cli_or_skip!();
     let log = cli.root.path().join("../husk-log.json");
     let out = cli.output([
-        "--log", &log.to_string_lossy(), "--log-format", "json", "start", "nonexistent",
+        "--log",
+        &log.to_string_lossy(),
+        "--log-format",
+        "json",
+        "start",
+        "nonexistent",
     ]);
 
     assert_eq!(out.status.code(), Some(1));

@@ -46,7 +46,10 @@ impl Cli {
             return Err("/bin/busybox is missing (apt-get install busybox-static)".into());
         }
         Ok(Cli {
-            root: tempfile::Builder::new().prefix("husk-root-").tempdir().map_err(|e| e.to_string())?,
+            root: tempfile::Builder::new()
+                .prefix("husk-root-")
+                .tempdir()
+                .map_err(|e| e.to_string())?,
             bin: husk_binary()?,
             config: env.config_path,
         })
@@ -78,13 +81,36 @@ impl Cli {
             .expect("running husk")
     }
 
+    /// Runs husk with all stdio on /dev/null (a detached container keeps
+    /// the stdio it was given, so pipes would never see EOF); true on success.
+    pub fn detached<I, S>(&self, args: I) -> bool
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        self.husk(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .expect("running husk")
+            .success()
+    }
+
     /// A new bundle running `args` (busybox rootfs, `husk spec` defaults
     /// without a terminal).
     pub fn bundle(&self, args: &[&str]) -> Bundle {
-        let dir = tempfile::Builder::new().prefix("husk-bundle-").tempdir().unwrap();
+        let dir = tempfile::Builder::new()
+            .prefix("husk-bundle-")
+            .tempdir()
+            .unwrap();
         busybox_rootfs(&dir.path().join("rootfs")).unwrap();
         let out = self.output(["spec", "--bundle", &dir.path().to_string_lossy()]);
-        assert!(out.status.success(), "husk spec: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "husk spec: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let text = std::fs::read(dir.path().join("config.json")).unwrap();
         let mut config: Value = serde_json::from_slice(&text).unwrap();
         config["process"]["terminal"] = false.into();
@@ -98,13 +124,20 @@ impl Cli {
     /// The ids of the containers under the root.
     pub fn ids(&self) -> Vec<String> {
         let out = self.output(["list", "--quiet"]);
-        String::from_utf8_lossy(&out.stdout).lines().map(String::from).collect()
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(String::from)
+            .collect()
     }
 
     /// The `state` of a container as JSON.
     pub fn state(&self, id: &str) -> Value {
         let out = self.output(["state", id]);
-        assert!(out.status.success(), "state {id}: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "state {id}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         serde_json::from_slice(&out.stdout).unwrap()
     }
 }

@@ -218,7 +218,10 @@ pub enum Response {
         pid: i32,
     },
     /// Answer to [`Request::Processes`].
-    Processes(Vec<ProcessInfo>),
+    Processes {
+        /// One entry per process.
+        list: Vec<ProcessInfo>,
+    },
     /// Answer to [`Request::Stats`].
     Stats(Stats),
 }
@@ -312,6 +315,86 @@ mod tests {
     fn unknown_fields_are_refused() {
         let json = r#"{"type":"stream_eof","stream":1,"extra":true}"#;
         assert!(serde_json::from_str::<GuestMessage>(json).is_err());
+    }
+
+    #[test]
+    fn every_container_message_round_trips() {
+        let responses = [
+            Response::Done,
+            Response::Process { pid: 7 },
+            Response::Processes {
+                list: vec![ProcessInfo {
+                    pid: 1,
+                    ppid: 0,
+                    uid: 0,
+                    cmd: "sh".into(),
+                }],
+            },
+            Response::Stats(Stats::default()),
+        ];
+        for response in responses {
+            let msg = GuestMessage::Response {
+                id: 1,
+                result: Ok(response),
+            };
+            let json = serde_json::to_vec(&msg).unwrap();
+            assert_eq!(serde_json::from_slice::<GuestMessage>(&json).unwrap(), msg);
+        }
+        let requests = [
+            Request::CreateContainer(Box::new(ContainerSpec {
+                id: "c".into(),
+                rootfs: "rootfs".into(),
+                readonly_root: false,
+                hostname: None,
+                domainname: None,
+                mounts: vec![],
+                process: crate::oci::Process::default(),
+                namespaces: vec!["pid".into()],
+                masked_paths: vec![],
+                readonly_paths: vec![],
+                sysctl: Default::default(),
+                seccomp: None,
+                resources: Default::default(),
+            })),
+            Request::StartContainer,
+            Request::Exec {
+                process: 1,
+                spec: Box::default(),
+            },
+            Request::Signal {
+                process: 0,
+                signal: 9,
+                all: true,
+            },
+            Request::Resize {
+                process: 0,
+                rows: 1,
+                cols: 2,
+            },
+            Request::Pause,
+            Request::Processes,
+            Request::Update(Box::default()),
+        ];
+        for request in requests {
+            let msg = HostMessage::Request { id: 2, request };
+            let json = serde_json::to_vec(&msg).unwrap();
+            assert_eq!(serde_json::from_slice::<HostMessage>(&json).unwrap(), msg);
+        }
+        let exited = GuestMessage::ProcessExited {
+            process: 3,
+            exit_code: 137,
+        };
+        let json = serde_json::to_vec(&exited).unwrap();
+        assert_eq!(
+            serde_json::from_slice::<GuestMessage>(&json).unwrap(),
+            exited
+        );
+    }
+
+    #[test]
+    fn stdio_streams_encode_process_and_fd() {
+        assert_eq!(stream_owner(stdio_stream(5, 2)), (5, 2));
+        assert_eq!(stream_owner(stdio_stream(0, 0)), (0, 0));
     }
 
     #[test]

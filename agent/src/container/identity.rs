@@ -70,8 +70,9 @@ pub fn parse_caps(set: &str, names: &[String]) -> Result<CapsHashSet> {
     names
         .iter()
         .map(|name| {
-            Capability::from_str(name)
-                .map_err(|_| anyhow::anyhow!("process.capabilities.{set}: unknown capability {name:?}"))
+            Capability::from_str(name).map_err(|_| {
+                anyhow::anyhow!("process.capabilities.{set}: unknown capability {name:?}")
+            })
         })
         .collect()
 }
@@ -92,7 +93,11 @@ pub fn apply_bounding(caps: &Capabilities) -> Result<()> {
 /// [`apply_capabilities`].
 pub fn switch_user(process: &Process) -> Result<()> {
     let user = &process.user;
-    let groups: Vec<Gid> = user.additional_gids.iter().map(|g| Gid::from_raw(*g)).collect();
+    let groups: Vec<Gid> = user
+        .additional_gids
+        .iter()
+        .map(|g| Gid::from_raw(*g))
+        .collect();
     setgroups(&groups).context("setting process.user.additionalGids")?;
     nix::sys::prctl::set_keepcaps(true).context("prctl(PR_SET_KEEPCAPS)")?;
     setgid(Gid::from_raw(user.gid)).with_context(|| format!("setgid({})", user.gid))?;
@@ -188,7 +193,12 @@ mod tests {
 
     #[test]
     fn every_spec_rlimit_is_known() {
-        for name in ["RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_CORE", "RLIMIT_RTTIME"] {
+        for name in [
+            "RLIMIT_NOFILE",
+            "RLIMIT_NPROC",
+            "RLIMIT_CORE",
+            "RLIMIT_RTTIME",
+        ] {
             assert!(rlimit_resource(name).is_some(), "{name}");
         }
         assert!(rlimit_resource("RLIMIT_FOO").is_none());

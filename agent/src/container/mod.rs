@@ -100,7 +100,11 @@ impl Sandbox {
             } => self.resize(process, rows, cols),
             Request::Pause => self.with_cgroup(|c| c.freeze(true).map(|_| Response::Done)),
             Request::Resume => self.with_cgroup(|c| c.freeze(false).map(|_| Response::Done)),
-            Request::Processes => self.with_cgroup(|c| Ok(Response::Processes(c.processes()))),
+            Request::Processes => self.with_cgroup(|c| {
+                Ok(Response::Processes {
+                    list: c.processes(),
+                })
+            }),
             Request::Stats => self.with_cgroup(|c| Ok(Response::Stats(c.stats()))),
             Request::Update(resources) => self.update(&resources),
             other => Err(anyhow!("{other:?} is not a container request")),
@@ -359,7 +363,8 @@ fn spawn_stage(task: &StageTask, child: ChildEnds) -> Result<(i32, i32, BufReade
     let stage_pid = stage.id() as i32;
     let mut line = serde_json::to_string(task).context("encoding the stage task")?;
     line.push('\n');
-    ours.write_all(line.as_bytes()).context("sending the stage task")?;
+    ours.write_all(line.as_bytes())
+        .context("sending the stage task")?;
     let mut control = BufReader::new(ours);
     match read_report(&mut control)? {
         Some(StageReport::Pid(pid)) => Ok((pid, stage_pid, control)),
@@ -384,4 +389,3 @@ fn read_report(control: &mut BufReader<UnixStream>) -> Result<Option<StageReport
         .map(Some)
         .with_context(|| format!("bad report from the stage: {line:?}"))
 }
-

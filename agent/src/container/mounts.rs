@@ -210,14 +210,18 @@ fn mount_one(rootfs: &Path, share_root: &Path, m: &Mount) -> Result<()> {
                 MsFlags::MS_BIND | MsFlags::MS_REC,
                 None::<&str>,
             )?,
-            (Err(e), _) => {
-                return Err(e).with_context(|| format!("mounting {fstype} ({source})"))
-            }
+            (Err(e), _) => return Err(e).with_context(|| format!("mounting {fstype} ({source})")),
         }
     }
     for propagation in &opts.propagation {
-        mount(None::<&str>, &target, None::<&str>, *propagation, None::<&str>)
-            .context("setting mount propagation")?;
+        mount(
+            None::<&str>,
+            &target,
+            None::<&str>,
+            *propagation,
+            None::<&str>,
+        )
+        .context("setting mount propagation")?;
     }
     Ok(())
 }
@@ -227,8 +231,7 @@ fn create_mountpoint(target: &Path, dir: bool) -> Result<()> {
         fs::create_dir_all(target).with_context(|| format!("creating {}", target.display()))?;
     } else if !target.exists() {
         if let Some(parent) = target.parent() {
-            fs::create_dir_all(parent)
-                .with_context(|| format!("creating {}", parent.display()))?;
+            fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
         }
         fs::File::create(target).with_context(|| format!("creating {}", target.display()))?;
     }
@@ -341,8 +344,14 @@ pub fn readonly_paths(paths: &[String]) -> Result<()> {
             | MsFlags::MS_NOSUID
             | MsFlags::MS_NODEV
             | MsFlags::MS_NOEXEC;
-        mount(None::<&str>, path.as_str(), None::<&str>, flags, None::<&str>)
-            .with_context(|| format!("making {path} read-only"))?;
+        mount(
+            None::<&str>,
+            path.as_str(),
+            None::<&str>,
+            flags,
+            None::<&str>,
+        )
+        .with_context(|| format!("making {path} read-only"))?;
     }
     Ok(())
 }
@@ -365,12 +374,11 @@ mod tests {
     fn options_split_into_flags_propagation_and_data() {
         let parsed = parse_options(&opts(&["nosuid", "ro", "rbind", "rprivate", "mode=755"]));
 
-        assert!(parsed.flags.contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY));
+        assert!(parsed
+            .flags
+            .contains(MsFlags::MS_NOSUID | MsFlags::MS_RDONLY));
         assert!(parsed.flags.contains(MsFlags::MS_BIND | MsFlags::MS_REC));
-        assert_eq!(
-            parsed.propagation,
-            [MsFlags::MS_PRIVATE | MsFlags::MS_REC]
-        );
+        assert_eq!(parsed.propagation, [MsFlags::MS_PRIVATE | MsFlags::MS_REC]);
         assert_eq!(parsed.data, "mode=755");
     }
 

@@ -92,7 +92,13 @@ pub fn main() -> ! {
     let control = unsafe { UnixStream::from_raw_fd(CONTROL_FD) };
     let mut reporter = control.try_clone().ok();
     let code = match run(control) {
-        Ok(code) => code,
+        Ok(child) => {
+            // Every copy of the control socket must be closed here: the
+            // agent learns of the exec from its EOF.
+            drop(reporter);
+            detach_stdio();
+            wait_for(child)
+        }
         Err(e) => {
             if let Some(r) = reporter.as_mut() {
                 report(r, &StageReport::Error(format!("{e:#}")));
@@ -110,10 +116,13 @@ fn report(w: &mut impl Write, r: &StageReport) {
     }
 }
 
-fn run(control: UnixStream) -> Result<i32> {
+/// Sets up and forks; returns the child's pid in the parent.
+fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
     let mut reader = BufReader::new(control.try_clone()?);
     let mut line = String::new();
-    reader.read_line(&mut line).context("reading the stage task")?;
+    reader
+        .read_line(&mut line)
+        .context("reading the stage task")?;
     let task: StageTask = serde_json::from_str(&line).context("decoding the stage task")?;
     let cgroup = match &task {
         StageTask::Create { cgroup, .. } | StageTask::Exec { cgroup, .. } => cgroup.clone(),
@@ -145,10 +154,7 @@ fn run(control: UnixStream) -> Result<i32> {
         ForkResult::Parent { child } => {
             let mut w = &control;
             report(&mut w, &StageReport::Pid(child.as_raw()));
-            drop(reader);
-            drop(control);
-            detach_stdio();
-            Ok(wait_for(child))
+            Ok(child)
         }
         ForkResult::Child => {
             let mut w = control.try_clone()?;
@@ -207,7 +213,9 @@ fn child(
     new_cgroup_ns: bool,
     control: &mut BufReader<UnixStream>,
 ) -> Result<std::convert::Infallible> {
-    (&procs).write_all(b"0").context("joining the container's cgroup")?;
+    (&procs)
+        .write_all(b"0")
+        .context("joining the container's cgroup")?;
     drop(procs);
     if new_cgroup_ns {
         unshare(CloneFlags::CLONE_NEWCGROUP).context("creating the cgroup namespace")?;
@@ -228,7 +236,8 @@ fn child(
         // SAFETY: TIOCSCTTY on fd 0 (the pty slave the agent gave us) takes an int argument.
         let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
         if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("making the pty the controlling terminal");
+            return Err(std::io::Error::last_os_error())
+                .context("making the pty the controlling terminal");
         }
     }
     let executable = setup_process(&process)?;
@@ -305,7 +314,8 @@ fn setup_process(process: &Process) -> Result<PathBuf> {
 
 fn set_cloexec(fd: i32) -> Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC)).context("marking the control fd close-on-exec")?;
+    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .context("marking the control fd close-on-exec")?;
     Ok(())
 }
 

@@ -42,9 +42,13 @@ pub enum AgentEnds {
 
 /// Makes three pipes.
 pub fn pipes() -> Result<(AgentEnds, ChildEnds)> {
-    let (in_r, in_w) = nix::unistd::pipe().context("creating the stdin pipe")?;
-    let (out_r, out_w) = nix::unistd::pipe().context("creating the stdout pipe")?;
-    let (err_r, err_w) = nix::unistd::pipe().context("creating the stderr pipe")?;
+    // Close-on-exec: the stage gets its ends as 0/1/2 (dup2 clears the
+    // flag there); no process may keep a copy of the agent's ends, or EOF
+    // never comes.
+    let cloexec = nix::fcntl::OFlag::O_CLOEXEC;
+    let (in_r, in_w) = nix::unistd::pipe2(cloexec).context("creating the stdin pipe")?;
+    let (out_r, out_w) = nix::unistd::pipe2(cloexec).context("creating the stdout pipe")?;
+    let (err_r, err_w) = nix::unistd::pipe2(cloexec).context("creating the stderr pipe")?;
     Ok((
         AgentEnds::Pipes {
             stdin: in_w.into(),
@@ -64,6 +68,8 @@ pub fn pty(size: Option<ConsoleSize>) -> Result<(AgentEnds, ChildEnds)> {
         ws_ypixel: 0,
     });
     let pty = nix::pty::openpty(winsize.as_ref(), None).context("creating a pty")?;
+    set_cloexec(&pty.master)?;
+    set_cloexec(&pty.slave)?;
     let slave = pty.slave;
     let ends = [slave.try_clone()?, slave.try_clone()?, slave];
     Ok((
@@ -72,6 +78,13 @@ pub fn pty(size: Option<ConsoleSize>) -> Result<(AgentEnds, ChildEnds)> {
         },
         ChildEnds(ends),
     ))
+}
+
+fn set_cloexec(fd: &OwnedFd) -> Result<()> {
+    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+    fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+        .context("setting close-on-exec")?;
+    Ok(())
 }
 
 /// Sets the window size of a pty master.
@@ -167,7 +180,10 @@ fn spawn_output(
                     Ok(0) => break,
                     Ok(n) => {
                         let data = buf[..n].to_vec().into();
-                        if outbox.send(&GuestMessage::StreamData { stream, data }).is_err() {
+                        if outbox
+                            .send(&GuestMessage::StreamData { stream, data })
+                            .is_err()
+                        {
                             break;
                         }
                     }

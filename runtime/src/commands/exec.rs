@@ -64,9 +64,8 @@ fn build_process(global: &Global, args: &Args) -> anyhow::Result<Process> {
     if let Some(path) = &args.process {
         let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         let de = &mut serde_json::Deserializer::from_slice(&text);
-        return serde_path_to_error::deserialize(de).map_err(|e| {
-            anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner())
-        });
+        return serde_path_to_error::deserialize(de)
+            .map_err(|e| anyhow::anyhow!("{}: {}: {}", path.display(), e.path(), e.inner()));
     }
     if args.command.is_empty() {
         bail!("exec needs a command or --process");
@@ -83,8 +82,12 @@ fn build_process(global: &Global, args: &Args) -> anyhow::Result<Process> {
     }
     if let Some(user) = &args.user {
         let (uid, gid) = user.split_once(':').unwrap_or((user, "0"));
-        process.user.uid = uid.parse().with_context(|| format!("--user {user}: bad uid"))?;
-        process.user.gid = gid.parse().with_context(|| format!("--user {user}: bad gid"))?;
+        process.user.uid = uid
+            .parse()
+            .with_context(|| format!("--user {user}: bad uid"))?;
+        process.user.gid = gid
+            .parse()
+            .with_context(|| format!("--user {user}: bad gid"))?;
     }
     if !args.additional_gids.is_empty() {
         process.user.additional_gids = args.additional_gids.clone();

@@ -28,7 +28,11 @@ pub fn parse_signal(text: &str) -> anyhow::Result<i32> {
         bail!("invalid signal number {n}");
     }
     let upper = text.to_ascii_uppercase();
-    let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+    let name = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
     match name.parse::<nix::sys::signal::Signal>() {
         Ok(s) => Ok(s as i32),
         Err(_) => bail!("unknown signal {text:?}"),
@@ -42,7 +46,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
     if !container.status().can_kill() {
         bail!("container not running");
     }
-    container.call(&ControlRequest::Kill { signal, all: args.all })?;
+    container.call(&ControlRequest::Kill {
+        signal,
+        all: args.all,
+    })?;
     Ok(0)
 }
 

@@ -41,7 +41,11 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
             let r = c.record;
             Entry {
                 oci_version: OCI_VERSION,
-                pid: if status == husk::oci::state::Status::Stopped { 0 } else { r.pid },
+                pid: if status == husk::oci::state::Status::Stopped {
+                    0
+                } else {
+                    r.pid
+                },
                 id: r.id,
                 status: status.to_string(),
                 bundle: r.bundle.display().to_string(),
@@ -59,7 +63,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
     } else if args.format == "json" {
         println!("{}", serde_json::to_string(&entries)?);
     } else if args.format == "table" {
-        println!("{:<12}{:<10}{:<10}{:<40}{:<32}OWNER", "ID", "PID", "STATUS", "BUNDLE", "CREATED");
+        println!(
+            "{:<12}{:<10}{:<10}{:<40}{:<32}OWNER",
+            "ID", "PID", "STATUS", "BUNDLE", "CREATED"
+        );
         for e in &entries {
             println!(
                 "{:<12}{:<10}{:<10}{:<40}{:<32}{}",

@@ -28,7 +28,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
     // for us; nothing else in this process uses that fd.
     let ready = unsafe { std::fs::File::from_raw_fd(READY_FD) };
     // The VMM and its helpers must not inherit it: create waits for EOF.
-    nix::fcntl::fcntl(READY_FD, nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC))?;
+    nix::fcntl::fcntl(
+        READY_FD,
+        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+    )?;
     Ok(monitor::run(MonitorArgs {
         dir: global.root.join(&args.id),
         id: args.id,

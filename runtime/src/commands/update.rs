@@ -42,7 +42,8 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
             serde_json::from_str(&text).context("parsing the resources from stdin")?
         }
         Some(path) => {
-            let text = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+            let text =
+                std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
             serde_json::from_slice(&text).with_context(|| format!("parsing {}", path.display()))?
         }
         None => Resources::default(),
@@ -64,7 +65,10 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
     }
     container.call(&ControlRequest::Update(Box::new(resources.clone())))?;
     if resources.memory.as_ref().and_then(|m| m.limit).is_some()
-        || resources.cpu.as_ref().is_some_and(|c| c.quota.is_some() || c.cpus.is_some())
+        || resources
+            .cpu
+            .as_ref()
+            .is_some_and(|c| c.quota.is_some() || c.cpus.is_some())
     {
         eprintln!(
             "husk: note: limits changed inside the VM; its memory and vCPU count stay as created"

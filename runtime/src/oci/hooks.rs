@@ -91,7 +91,11 @@ mod tests {
     fn a_hook_reads_the_state_on_stdin() {
         let dir = tempfile::tempdir().unwrap();
         let out = dir.path().join("out");
-        let hook = sh(&format!("cat > {}; echo $X >> {}", out.display(), out.display()));
+        let hook = sh(&format!(
+            "cat > {}; echo $X >> {}",
+            out.display(),
+            out.display()
+        ));
 
         run("prestart", &[hook], &state()).unwrap();
 
@@ -102,8 +106,12 @@ mod tests {
 
     #[test]
     fn a_failing_hook_names_its_kind_and_index() {
-        let err = run("createRuntime", &[sh("exit 0"), sh("echo bad >&2; exit 2")], &state())
-            .unwrap_err();
+        let err = run(
+            "createRuntime",
+            &[sh("exit 0"), sh("echo bad >&2; exit 2")],
+            &state(),
+        )
+        .unwrap_err();
         assert!(err.starts_with("hooks.createRuntime[1] (/bin/sh)"), "{err}");
         assert!(err.contains("bad"), "{err}");
     }

@@ -209,7 +209,10 @@ impl Bundle {
         if !rootfs.is_dir() {
             return Err(invalid(
                 "root.path",
-                format!("rootfs {} does not exist or is not a directory", rootfs.display()),
+                format!(
+                    "rootfs {} does not exist or is not a directory",
+                    rootfs.display()
+                ),
             ));
         }
         for (i, m) in spec.mounts.iter().enumerate() {
@@ -279,7 +282,10 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
         return Err(("root.path".into(), "must not be empty".into()));
     }
     let Some(process) = &spec.process else {
-        return Err(("process".into(), "missing (required to create a container)".into()));
+        return Err((
+            "process".into(),
+            "missing (required to create a container)".into(),
+        ));
     };
     if process.args.is_empty() {
         return Err(("process.args".into(), "must not be empty".into()));
@@ -297,11 +303,17 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
                 format!("{:?} must be an absolute path", m.destination),
             ));
         }
-        let kind = m.kind.as_deref().unwrap_or(if m.is_bind() { "bind" } else { "" });
+        let kind = m
+            .kind
+            .as_deref()
+            .unwrap_or(if m.is_bind() { "bind" } else { "" });
         if !m.is_bind() && !MOUNT_TYPES.contains(&kind) {
             return Err((
                 format!("mounts[{i}].type"),
-                format!("unknown mount type {kind:?} (supported: {})", MOUNT_TYPES.join(", ")),
+                format!(
+                    "unknown mount type {kind:?} (supported: {})",
+                    MOUNT_TYPES.join(", ")
+                ),
             ));
         }
     }
@@ -350,7 +362,8 @@ mod tests {
 
     #[test]
     fn a_wrong_type_names_the_field_path() {
-        let err = parse(br#"{"ociVersion":"1.0.0","process":{"args":"sh","cwd":"/"}}"#).unwrap_err();
+        let err =
+            parse(br#"{"ociVersion":"1.0.0","process":{"args":"sh","cwd":"/"}}"#).unwrap_err();
         assert!(err.starts_with("process.args:"), "{err}");
     }
 
@@ -378,8 +391,8 @@ mod tests {
 
     #[test]
     fn a_user_namespace_is_refused_clearly() {
-        let err = with(|v| v["linux"] = serde_json::json!({"namespaces":[{"type":"user"}]}))
-            .unwrap_err();
+        let err =
+            with(|v| v["linux"] = serde_json::json!({"namespaces":[{"type":"user"}]})).unwrap_err();
         assert_eq!(err.0, "linux.namespaces[0].type");
     }
 

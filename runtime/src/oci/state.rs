@@ -126,7 +126,11 @@ impl Record {
             oci_version: OCI_VERSION.into(),
             id: self.id.clone(),
             status,
-            pid: if status == Status::Stopped { 0 } else { self.pid },
+            pid: if status == Status::Stopped {
+                0
+            } else {
+                self.pid
+            },
             bundle: self.bundle.clone(),
             annotations: self.annotations.clone(),
         }
@@ -207,7 +211,9 @@ pub fn check_id(id: &str) -> Result<(), String> {
         return Err("container id must not be empty".into());
     }
     if id == "." || id == ".." || id.contains("..") {
-        return Err(format!("invalid container id {id:?}: must not contain \"..\""));
+        return Err(format!(
+            "invalid container id {id:?}: must not contain \"..\""
+        ));
     }
     if let Some(c) = id
         .chars()
@@ -257,7 +263,10 @@ mod tests {
             serde_json::json!({"ociVersion": OCI_VERSION, "id": "c1", "status": "running",
                 "pid": 42, "bundle": "/b", "annotations": {"k": "v"}})
         );
-        assert_eq!(serde_json::to_value(record.state(Status::Stopped)).unwrap()["pid"], 0);
+        assert_eq!(
+            serde_json::to_value(record.state(Status::Stopped)).unwrap()["pid"],
+            0
+        );
     }
 
     #[test]

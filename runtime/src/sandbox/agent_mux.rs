@@ -98,17 +98,26 @@ impl AgentMux {
             .unwrap_or_else(|e| e.into_inner())
             .insert(id, tx);
         if self.gone.load(Ordering::SeqCst) {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(MuxError::Gone);
         }
         if let Err(e) = self.send(&HostMessage::Request { id, request }) {
-            self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            self.pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             return Err(e);
         }
         match rx.recv_timeout(timeout) {
             Ok(result) => Ok(result?),
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .remove(&id);
                 Err(MuxError::Timeout(timeout))
             }
             Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => Err(MuxError::Gone),
@@ -143,7 +152,10 @@ impl AgentMux {
 fn dispatch(message: GuestMessage, pending: &Pending, events: &dyn Events) {
     match message {
         GuestMessage::Response { id, result } => {
-            let waiter = pending.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+            let waiter = pending
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&id);
             if let Some(tx) = waiter {
                 let _ = tx.send(result);
             }
@@ -165,13 +177,19 @@ mod tests {
     struct Recorder(Mutex<Vec<String>>);
     impl Events for Recorder {
         fn data(&self, stream: StreamId, data: Vec<u8>) {
-            self.0.lock().unwrap().push(format!("data {stream} {}", String::from_utf8_lossy(&data)));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("data {stream} {}", String::from_utf8_lossy(&data)));
         }
         fn eof(&self, stream: StreamId) {
             self.0.lock().unwrap().push(format!("eof {stream}"));
         }
         fn exited(&self, process: ProcessId, code: i32) {
-            self.0.lock().unwrap().push(format!("exit {process} {code}"));
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("exit {process} {code}"));
         }
         fn disconnected(&self, _why: String) {
             self.0.lock().unwrap().push("gone".into());
@@ -179,7 +197,12 @@ mod tests {
     }
 
     /// A fake guest on the other end of a socketpair.
-    fn pair() -> (Arc<AgentMux>, Arc<Recorder>, UnixStream, Receiver<HostMessage>) {
+    fn pair() -> (
+        Arc<AgentMux>,
+        Arc<Recorder>,
+        UnixStream,
+        Receiver<HostMessage>,
+    ) {
         let (host, guest) = UnixStream::pair().unwrap();
         let recorder = Arc::new(Recorder::default());
         let mux = AgentMux::start(
@@ -212,10 +235,19 @@ mod tests {
         };
         let out = stdio_stream(0, 1);
         for m in [
-            GuestMessage::StreamData { stream: out, data: b"a".to_vec().into() },
+            GuestMessage::StreamData {
+                stream: out,
+                data: b"a".to_vec().into(),
+            },
             GuestMessage::StreamEof { stream: out },
-            GuestMessage::ProcessExited { process: 0, exit_code: 3 },
-            GuestMessage::Response { id, result: Ok(Response::Done) },
+            GuestMessage::ProcessExited {
+                process: 0,
+                exit_code: 3,
+            },
+            GuestMessage::Response {
+                id,
+                result: Ok(Response::Done),
+            },
         ] {
             write_frame(&mut guest, &m).unwrap();
         }
@@ -235,7 +267,9 @@ mod tests {
         guest.shutdown(std::net::Shutdown::Both).unwrap();
         std::thread::sleep(Duration::from_millis(50));
 
-        let err = mux.request(Request::Ping, Duration::from_secs(5)).unwrap_err();
+        let err = mux
+            .request(Request::Ping, Duration::from_secs(5))
+            .unwrap_err();
 
         assert!(matches!(err, MuxError::Gone | MuxError::Write(_)), "{err}");
     }

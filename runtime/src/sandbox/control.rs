@@ -134,7 +134,10 @@ pub fn receive_with_fds<T: for<'de> Deserialize<'de>>(
         for cmsg in msg.cmsgs().context("reading control messages")? {
             if let ControlMessageOwned::ScmRights(raw) = cmsg {
                 // SAFETY: the kernel just installed these fds for us; nothing else owns them.
-                fds.extend(raw.into_iter().map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }));
+                fds.extend(
+                    raw.into_iter()
+                        .map(|fd| unsafe { OwnedFd::from_raw_fd(fd) }),
+                );
             }
         }
         (msg.bytes, fds)
@@ -170,8 +173,12 @@ impl ControlClient {
     /// Connects to the monitor of the container whose state dir is `dir`.
     pub fn connect(dir: &Path) -> Result<ControlClient> {
         let path = dir.join(SOCKET);
-        let stream = UnixStream::connect(&path)
-            .with_context(|| format!("connecting to the container's monitor at {}", path.display()))?;
+        let stream = UnixStream::connect(&path).with_context(|| {
+            format!(
+                "connecting to the container's monitor at {}",
+                path.display()
+            )
+        })?;
         stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
         Ok(ControlClient {
             reader: BufReader::new(stream),
@@ -208,10 +215,24 @@ mod tests {
         let (a, b) = UnixStream::pair().unwrap();
         let file = tempfile::tempfile().unwrap();
 
-        send(&a, &ControlRequest::Kill { signal: 15, all: true }, &[file.as_raw_fd()]).unwrap();
+        send(
+            &a,
+            &ControlRequest::Kill {
+                signal: 15,
+                all: true,
+            },
+            &[file.as_raw_fd()],
+        )
+        .unwrap();
         let (got, fds): (ControlRequest, _) = receive_with_fds(&b).unwrap();
 
-        assert!(matches!(got, ControlRequest::Kill { signal: 15, all: true }));
+        assert!(matches!(
+            got,
+            ControlRequest::Kill {
+                signal: 15,
+                all: true
+            }
+        ));
         assert_eq!(fds.len(), 1);
     }
 

@@ -103,7 +103,11 @@ fn relay(opts: &ExecOptions, mut started: impl FnMut(&str)) -> Result<i32> {
         }
     };
     started("ok");
-    let tty_fd = opts.process.terminal.then(|| fds[0].try_clone().ok()).flatten();
+    let tty_fd = opts
+        .process
+        .terminal
+        .then(|| fds[0].try_clone().ok())
+        .flatten();
     drop(fds);
     let dir = opts.dir.clone();
     if let Ok(set) = blocked {
@@ -122,7 +126,9 @@ fn relay(opts: &ExecOptions, mut started: impl FnMut(&str)) -> Result<i32> {
 
 fn forward(dir: &Path, process: u32, signal: i32, tty: Option<&OwnedFd>) {
     let request = if signal == libc::SIGWINCH {
-        let Some(size) = tty.and_then(tty::size) else { return };
+        let Some(size) = tty.and_then(tty::size) else {
+            return;
+        };
         ControlRequest::Resize {
             process,
             rows: size.height,

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -30,7 +30,7 @@ use crate::sandbox::agent_mux::{AgentMux, Events, MuxError};
 use crate::sandbox::control::{self, ControlReply, ControlRequest};
 use crate::sandbox::share::Share;
 use crate::sandbox::stdio::{relay_input, OutputSink};
-use crate::sandbox::{sizing, signals, tty};
+use crate::sandbox::{signals, sizing, tty};
 
 /// How long a request to the agent may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -71,7 +71,10 @@ struct Shared {
 }
 
 /// The reader thread's sink: routes output to fds, exits to waiters.
-struct Router(Arc<Mutex<Option<Arc<Shared>>>>, Mutex<Option<Sender<Ending>>>);
+struct Router(
+    Arc<Mutex<Option<Arc<Shared>>>>,
+    Mutex<Option<Sender<Ending>>>,
+);
 
 impl Events for Router {
     fn data(&self, stream: StreamId, data: Vec<u8>) {
@@ -137,7 +140,10 @@ pub fn run(mut args: MonitorArgs) -> i32 {
     let code = match ending.recv() {
         Ok(Ending::InitExited(code)) => code,
         Ok(Ending::GuestGone(why)) => {
-            log(&args.dir, &format!("the guest ended before the container: {why}"));
+            log(
+                &args.dir,
+                &format!("the guest ended before the container: {why}"),
+            );
             255
         }
         Err(_) => 255,
@@ -187,7 +193,10 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
 
     let (ending_tx, ending_rx) = channel();
     let slot = Arc::new(Mutex::new(None));
-    let router = Arc::new(Router(Arc::clone(&slot), Mutex::new(Some(ending_tx.clone()))));
+    let router = Arc::new(Router(
+        Arc::clone(&slot),
+        Mutex::new(Some(ending_tx.clone())),
+    ));
     let mux = AgentMux::start(reader, writer, router)?;
 
     let mut outputs = HashMap::new();
@@ -201,8 +210,7 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         None => {
             outputs.insert(stdio_stream(0, 1), OutputSink::own(1)?);
             outputs.insert(stdio_stream(0, 2), OutputSink::own(2)?);
-            // SAFETY: fd 0 is ours (the container's stdin); dup gives a new fd we own.
-            stdin = unsafe { OwnedFd::from_raw_fd(nix::unistd::dup(0)?) };
+            stdin = std::io::stdin().as_fd().try_clone_to_owned()?;
             None
         }
     };
@@ -240,7 +248,12 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         drop(share);
         return Err(anyhow!("creating the container in the guest: {e}"));
     }
-    relay_input(stdin, stdio_stream(0, 0), mux, Arc::new(AtomicBool::new(false)))?;
+    relay_input(
+        stdin,
+        stdio_stream(0, 0),
+        mux,
+        Arc::new(AtomicBool::new(false)),
+    )?;
     *shared.status.lock().unwrap() = Status::Created;
     serve_control(&args.dir, Arc::clone(&shared))?;
     Ok((shared, vm, share, ending_rx))
@@ -332,11 +345,25 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
             if !status.can_kill() {
                 bail!("container not running");
             }
-            agent(shared, Request::Signal { process: 0, signal, all })?;
+            agent(
+                shared,
+                Request::Signal {
+                    process: 0,
+                    signal,
+                    all,
+                },
+            )?;
             Ok(ControlReply::Done)
         }
         ControlRequest::KillProcess { process, signal } => {
-            agent(shared, Request::Signal { process, signal, all: false })?;
+            agent(
+                shared,
+                Request::Signal {
+                    process,
+                    signal,
+                    all: false,
+                },
+            )?;
             Ok(ControlReply::Done)
         }
         ControlRequest::Pause => {
@@ -356,7 +383,7 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
             Ok(ControlReply::Done)
         }
         ControlRequest::Processes => match agent(shared, Request::Processes)? {
-            Response::Processes(list) => Ok(ControlReply::Processes(list)),
+            Response::Processes { list } => Ok(ControlReply::Processes(list)),
             other => bail!("unexpected answer {other:?}"),
         },
         ControlRequest::Stats => match agent(shared, Request::Stats)? {
@@ -367,8 +394,19 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
             agent(shared, Request::Update(resources))?;
             Ok(ControlReply::Done)
         }
-        ControlRequest::Resize { process, rows, cols } => {
-            agent(shared, Request::Resize { process, rows, cols })?;
+        ControlRequest::Resize {
+            process,
+            rows,
+            cols,
+        } => {
+            agent(
+                shared,
+                Request::Resize {
+                    process,
+                    rows,
+                    cols,
+                },
+            )?;
             Ok(ControlReply::Done)
         }
         ControlRequest::Exec(_) => bail!("exec is handled with its fds"),
@@ -445,6 +483,13 @@ fn on_signal(shared: &Shared, signal: i32) {
         return;
     }
     if shared.status.lock().unwrap().can_kill() {
-        let _ = agent(shared, Request::Signal { process: 0, signal, all: false });
+        let _ = agent(
+            shared,
+            Request::Signal {
+                process: 0,
+                signal,
+                all: false,
+            },
+        );
     }
 }

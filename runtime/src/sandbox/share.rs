@@ -74,7 +74,13 @@ impl Share {
         Ok(rewritten)
     }
 
-    fn bind(&mut self, source: &Path, target: &Path, recursive: bool, readonly: bool) -> Result<()> {
+    fn bind(
+        &mut self,
+        source: &Path,
+        target: &Path,
+        recursive: bool,
+        readonly: bool,
+    ) -> Result<()> {
         let mut flags = MsFlags::MS_BIND;
         if recursive {
             flags |= MsFlags::MS_REC;
@@ -82,8 +88,14 @@ impl Share {
         mount(Some(source), target, None::<&str>, flags, None::<&str>)
             .with_context(|| format!("binding {} into the share", source.display()))?;
         self.mounted.push(target.to_path_buf());
-        mount(None::<&str>, target, None::<&str>, MsFlags::MS_PRIVATE | MsFlags::MS_REC, None::<&str>)
-            .context("making the share bind private")?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+            None::<&str>,
+        )
+        .context("making the share bind private")?;
         if readonly {
             let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
             mount(None::<&str>, target, None::<&str>, flags, None::<&str>)

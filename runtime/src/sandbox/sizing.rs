@@ -41,9 +41,7 @@ pub fn vcpus(resources: Option<&Resources>, default_vcpus: u32, host_cpus: u32) 
         let period = c.period.filter(|p| *p > 0).unwrap_or(100_000);
         Some(quota.div_ceil(period) as u32)
     });
-    let from_cpuset = cpu
-        .and_then(|c| c.cpus.as_deref())
-        .and_then(cpuset_size);
+    let from_cpuset = cpu.and_then(|c| c.cpus.as_deref()).and_then(cpuset_size);
     let wanted = match (from_quota, from_cpuset) {
         (Some(q), Some(s)) => q.min(s),
         (Some(n), None) | (None, Some(n)) => n,
@@ -102,7 +100,10 @@ mod tests {
 
     #[test]
     fn memory_is_the_limit_plus_overhead() {
-        assert_eq!(memory_mib(Some(&with_memory(512 << 20)), 256), 512 + MEMORY_OVERHEAD_MIB);
+        assert_eq!(
+            memory_mib(Some(&with_memory(512 << 20)), 256),
+            512 + MEMORY_OVERHEAD_MIB
+        );
         assert_eq!(memory_mib(Some(&with_memory(6 << 20)), 256), MIN_MEMORY_MIB);
         assert_eq!(memory_mib(Some(&with_memory(-1)), 256), 256);
         assert_eq!(memory_mib(None, 256), 256);

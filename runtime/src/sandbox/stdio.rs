@@ -88,9 +88,9 @@ impl OutputSink {
 
     /// Writes into this process's own `fd` (1 or 2), closed at EOF.
     pub fn own(fd: RawFd) -> std::io::Result<Self> {
-        let dup = nix::unistd::dup(fd)?;
-        // SAFETY: dup just returned this fd; we own it.
-        let owned = unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(dup) };
+        // SAFETY: fd is one of this process's standard fds, open for its
+        // whole life; the borrow ends with the duplicate (close-on-exec).
+        let owned = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
         Ok(OutputSink {
             file: File::from(owned),
             detach_fd: Some(fd),

@@ -23,10 +23,16 @@ pub struct HostPty {
 /// master over the console socket at `socket`.
 pub fn open_and_send(socket: &Path) -> Result<HostPty> {
     let pty = nix::pty::openpty(None, None).context("creating a pty")?;
+    for fd in [&pty.master, &pty.slave] {
+        use nix::fcntl::{fcntl, FcntlArg, FdFlag};
+        fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
+            .context("setting close-on-exec")?;
+    }
     // Raw mode on the slave side: the guest's pty does the line discipline.
     if let Ok(mut attrs) = nix::sys::termios::tcgetattr(&pty.slave) {
         nix::sys::termios::cfmakeraw(&mut attrs);
-        let _ = nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &attrs);
+        let _ =
+            nix::sys::termios::tcsetattr(&pty.slave, nix::sys::termios::SetArg::TCSANOW, &attrs);
     }
     // SAFETY: TIOCSCTTY on a valid fd with an int argument; it fails
     // harmlessly if we are not a session leader.
