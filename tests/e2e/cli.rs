@@ -440,3 +440,111 @@ fn features_and_spec_print_what_runc_prints() {
     assert_eq!(again.status.code(), Some(1));
     assert!(text(&again.stderr).contains("exists"));
 }
+
+/// Receives one fd over a Unix socket (the console socket protocol).
+fn receive_fd(listener: &std::os::unix::net::UnixListener) -> std::os::fd::OwnedFd {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+    let (stream, _) = listener.accept().unwrap();
+    let mut buf = [0u8; 256];
+    let mut iov = [std::io::IoSliceMut::new(&mut buf)];
+    let mut space = nix::cmsg_space!([RawFd; 1]);
+    let msg = recvmsg::<()>(
+        stream.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::empty(),
+    )
+    .unwrap();
+    for cmsg in msg.cmsgs().unwrap() {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            // SAFETY: the kernel installed this fd for us.
+            return unsafe { std::os::fd::OwnedFd::from_raw_fd(fds[0]) };
+        }
+    }
+    panic!("no fd on the console socket");
+}
+
+#[test]
+fn a_terminal_goes_over_the_console_socket_and_resizes_reach_the_guest() {
+    use std::io::Read;
+    use std::os::fd::AsRawFd;
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&["sh", "-c", "stty size; test -t 0 && echo tty; exit 7"]);
+    bundle.config["process"]["terminal"] = true.into();
+    bundle.write();
+    let socket = bundle.dir.path().join("console.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let receiver = std::thread::spawn(move || receive_fd(&listener));
+
+    assert!(cli.detached([
+        "create",
+        "--bundle",
+        &bundle.path(),
+        "--console-socket",
+        &socket.to_string_lossy(),
+        "tty",
+    ]));
+    let master = receiver.join().unwrap();
+    let size = libc::winsize {
+        ws_row: 33,
+        ws_col: 99,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: TIOCSWINSZ reads a valid winsize.
+    assert_eq!(
+        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
+        0
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cli.output(["start", "tty"]).status.success());
+
+    let mut output = Vec::new();
+    let mut file = std::fs::File::from(master);
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = file.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        output.extend_from_slice(&buf[..n]);
+    }
+    let output = text(&output);
+    assert!(output.contains("33 99"), "{output:?}");
+    assert!(output.contains("tty"), "{output:?}");
+    wait_for_status(&cli, "tty", "stopped");
+    assert!(cli.output(["delete", "tty"]).status.success());
+}
+
+#[test]
+fn seccomp_capabilities_masked_and_readonly_paths_apply() {
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&[
+        "sh",
+        "-c",
+        "mkdir /tmp/x 2>&1; grep CapEff /proc/self/status; touch /etc/new 2>/dev/null || echo ro-etc; wc -c < /etc/passwd",
+    ]);
+    let c = &mut bundle.config;
+    c["linux"]["seccomp"] = serde_json::json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64"],
+        "syscalls": [{"names": ["mkdir", "mkdirat"], "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    });
+    c["process"]["capabilities"] = serde_json::json!({
+        "bounding": ["CAP_KILL"], "effective": ["CAP_KILL"], "permitted": ["CAP_KILL"]
+    });
+    c["linux"]["maskedPaths"] = serde_json::json!(["/etc/passwd"]);
+    c["linux"]["readonlyPaths"] = serde_json::json!(["/etc"]);
+    bundle.write();
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "sec"]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    assert!(stdout.contains("Operation not permitted"), "{stdout}");
+    assert!(stdout.contains("CapEff:\t0000000000000020"), "{stdout}");
+    assert!(
+        stdout.ends_with("ro-etc\n0\n"),
+        "/etc is read-only, /etc/passwd masked: {stdout}"
+    );
+}
