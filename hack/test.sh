@@ -34,10 +34,22 @@ step "tests"
 cargo test --locked --workspace -- --test-threads=2
 
 step "leftovers"
-leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock' || true)
+leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock|sandbox-monitor|/tmp/husk-root-|husk-podman-' || true)
 if [[ -n $leftover ]]; then
     echo "processes left behind by the tests:" >&2
     echo "$leftover" >&2
+    exit 1
+fi
+mounts=$(grep -E 'husk-root-|husk-podman-|husk-bundle-' /proc/mounts || true)
+if [[ -n $mounts ]]; then
+    echo "mounts left behind by the tests:" >&2
+    echo "$mounts" >&2
+    exit 1
+fi
+dirs=$(ls -d /tmp/husk-root-* /tmp/husk-bundle-* /var/tmp/husk-podman-* 2>/dev/null || true)
+if [[ -n $dirs ]]; then
+    echo "state directories left behind by the tests:" >&2
+    echo "$dirs" >&2
     exit 1
 fi
 echo "test.sh: all tests passed" >&2

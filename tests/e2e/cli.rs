@@ -337,7 +337,8 @@ fn hooks_run_on_the_host_with_the_state_on_stdin() {
 fn bad_bundles_get_one_clear_error_and_leave_nothing() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&["true"]);
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>, &str)> =
+    type Patch = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Patch, &str)> =
         vec![
             (
                 "badversion",
@@ -493,10 +494,8 @@ fn a_terminal_goes_over_the_console_socket_and_resizes_reach_the_guest() {
         ws_ypixel: 0,
     };
     // SAFETY: TIOCSWINSZ reads a valid winsize.
-    assert_eq!(
-        unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) },
-        0
-    );
+    let rc = unsafe { libc::ioctl(master.as_raw_fd(), libc::TIOCSWINSZ, &size) };
+    assert_eq!(rc, 0);
     std::thread::sleep(Duration::from_millis(300));
     assert!(cli.output(["start", "tty"]).status.success());
 
@@ -547,4 +546,34 @@ fn seccomp_capabilities_masked_and_readonly_paths_apply() {
         stdout.ends_with("ro-etc\n0\n"),
         "/etc is read-only, /etc/passwd masked: {stdout}"
     );
+}
+
+#[test]
+fn the_monitor_joins_the_host_cgroups_path_and_delete_removes_it() {
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&["sleep", "1000"]);
+    let parent = format!("husk-test-{}", std::process::id());
+    bundle.config["linux"]["cgroupsPath"] = format!("/{parent}/cg").into();
+    bundle.write();
+
+    assert!(cli.detached(["run", "-d", "--bundle", &bundle.path(), "cg"]));
+    let pid = cli.state("cg")["pid"].as_i64().unwrap().to_string();
+    let hierarchies = husk::sandbox::host_cgroup::hierarchies();
+    let joined: Vec<_> = hierarchies
+        .iter()
+        .map(|h| h.join(&parent).join("cg/cgroup.procs"))
+        .filter(|procs| {
+            std::fs::read_to_string(procs).is_ok_and(|text| text.lines().any(|l| l == pid))
+        })
+        .collect();
+    assert!(cli.output(["delete", "--force", "cg"]).status.success());
+
+    assert!(
+        !joined.is_empty(),
+        "the monitor {pid} is in no hierarchy's {parent}/cg"
+    );
+    for h in &hierarchies {
+        assert!(!h.join(&parent).join("cg").exists(), "{} left", h.display());
+        let _ = std::fs::remove_dir(h.join(&parent));
+    }
 }

@@ -6,6 +6,10 @@
 //! N boots of the same kernel under plain QEMU with a trivial init and no
 //! virtiofsd or vsock (launch -> init ready -> VM gone). The difference
 //! between the two is what husk adds over the unavoidable boot.
+//!
+//! `husk-bench run --runs N --bundle DIR --husk BIN`: N times `husk run` of
+//! the bundle end to end (create, boot, start, exit, delete), alternating
+//! with N boots to the agent's hello, the floor any container start pays.
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -40,6 +44,18 @@ enum Bench {
         /// Initramfs whose /init is husk-bare-init.
         #[arg(long)]
         bare_initramfs: PathBuf,
+    },
+    /// `husk run` of a bundle end to end, next to the agent-hello boot time.
+    Run {
+        /// Runs of each kind.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// The bundle to run (its process should exit at once, e.g. `true`).
+        #[arg(long)]
+        bundle: PathBuf,
+        /// The husk binary.
+        #[arg(long)]
+        husk: PathBuf,
     },
 }
 
@@ -80,7 +96,65 @@ fn main() -> Result<()> {
             runs,
             bare_initramfs,
         } => bench_boot(runs, bare_initramfs),
+        Bench::Run { runs, bundle, husk } => bench_run(runs, bundle, husk),
     }
+}
+
+fn bench_run(runs: usize, bundle: PathBuf, husk: PathBuf) -> Result<()> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let (config, _) = Config::load()?;
+    let host = Virtualization::probe();
+    let (kvm, reason) = hypervisor::use_kvm(&config, &host)?;
+    let backend = QemuBackend::from_config(&config, kvm);
+    let timeout = Duration::from_millis(config.boot_timeout_ms);
+    println!(
+        "backend: qemu {} ({reason})",
+        if kvm { "KVM" } else { "TCG" }
+    );
+    println!(
+        "bundle: {}\nruns: {runs} of each, alternating\n",
+        bundle.display()
+    );
+    let root = tempfile::Builder::new()
+        .prefix("husk-bench-root-")
+        .tempdir()?;
+    let [mut run_total, mut hello] = std::array::from_fn(|_| Samples::default());
+    for i in 0..runs {
+        let t0 = Instant::now();
+        let status = Command::new(&husk)
+            .arg("--root")
+            .arg(root.path())
+            .args(["run", "--bundle"])
+            .arg(&bundle)
+            .arg(format!("husk-bench-{i}"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()?;
+        if !status.success() {
+            bail!("husk run {i}: {status}");
+        }
+        run_total.0.push(t0.elapsed());
+
+        let state = tempfile::Builder::new().prefix("husk-bench-").tempdir()?;
+        let shared = state.path().join("shared");
+        std::fs::create_dir(&shared)?;
+        let vm = VmConfig::from_config(&config, state.path(), &shared);
+        let guest =
+            Guest::boot(&backend, &vm, timeout).with_context(|| format!("husk boot {i}"))?;
+        hello.0.push(guest.timings.hello);
+        guest.shutdown(timeout)?;
+        eprint!(".");
+    }
+    eprintln!();
+    println!("{:<34}{:>10}{:>10}{:>10}", "ms", "min", "median", "max");
+    println!("{}", run_total.row("husk run (create..delete)"));
+    println!("{}", hello.row("boot to agent hello"));
+    let extra = run_total.median().as_secs_f64() - hello.median().as_secs_f64();
+    println!(
+        "\nhusk run beyond the boot (median - median): {:.1} ms",
+        extra * 1000.0
+    );
+    Ok(())
 }
 
 fn bench_boot(runs: usize, bare_initramfs: PathBuf) -> Result<()> {

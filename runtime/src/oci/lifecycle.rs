@@ -22,7 +22,7 @@ use crate::oci::hooks;
 use crate::oci::spec::Bundle;
 use crate::oci::state::{check_id, now_rfc3339, process_alive, process_start_time, Record, Status};
 use crate::sandbox::control::{ControlReply, ControlRequest};
-use crate::sandbox::share;
+use crate::sandbox::{host_cgroup, share};
 
 /// The fd on which the monitor reports readiness.
 pub const READY_FD: i32 = 3;
@@ -74,7 +74,7 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
         annotations: bundle.spec.annotations.clone(),
         owner: "root".into(),
         poststop: bundle.spec.hooks.clone().unwrap_or_default().poststop,
-        host_cgroups: Vec::new(),
+        host_cgroups: host_cgroup_dirs(&bundle),
     };
     let created = (|| {
         record.save(&dir).context("writing state.json")?;
@@ -110,6 +110,22 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
             Err(e)
         }
     }
+}
+
+/// The host cgroup directories the monitor will join (removed by delete).
+fn host_cgroup_dirs(bundle: &Bundle) -> Vec<PathBuf> {
+    let linux = bundle.linux();
+    let Some(relative) = linux
+        .cgroups_path
+        .as_deref()
+        .and_then(host_cgroup::relative_path)
+    else {
+        return Vec::new();
+    };
+    host_cgroup::hierarchies()
+        .into_iter()
+        .map(|root| root.join(&relative))
+        .collect()
 }
 
 fn spawn_monitor(opts: &CreateOptions, bundle: &Path) -> Result<(Child, std::io::PipeReader)> {

@@ -7,6 +7,7 @@
 pub mod agent_mux;
 pub mod control;
 pub mod exec_relay;
+pub mod host_cgroup;
 pub mod monitor;
 pub mod share;
 pub mod signals;

@@ -30,7 +30,7 @@ use crate::sandbox::agent_mux::{AgentMux, Events, MuxError};
 use crate::sandbox::control::{self, ControlReply, ControlRequest};
 use crate::sandbox::share::Share;
 use crate::sandbox::stdio::{relay_input, OutputSink};
-use crate::sandbox::{signals, sizing, tty};
+use crate::sandbox::{host_cgroup, signals, sizing, tty};
 
 /// How long a request to the agent may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -163,6 +163,16 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
     let bundle = Bundle::load(&args.bundle)?;
     let (config, _) = Config::load()?;
     let linux = bundle.linux();
+    if let Some(relative) = linux
+        .cgroups_path
+        .as_deref()
+        .and_then(host_cgroup::relative_path)
+    {
+        let (_, refused) = host_cgroup::join(&relative);
+        for why in refused {
+            log(&args.dir, &format!("host cgroup not joined: {why}"));
+        }
+    }
     let root = bundle.spec.root.clone().unwrap_or_default();
     let mut share = Share::create(&args.dir.join("shared"), &bundle.rootfs, root.readonly)?;
     let mounts = share.add_binds(&bundle.spec.mounts, &bundle.dir)?;
