@@ -41,19 +41,19 @@ fn registry() -> &'static Mutex<Registry> {
     REGISTRY.get_or_init(Default::default)
 }
 
-/// Returns a receiver for the exit status of `pid`, a child of the agent.
-pub fn watch(pid: libc::pid_t) -> Receiver<ExitStatus> {
+/// Spawns a child with `spawn` and watches it, atomically: the reaper
+/// cannot collect it in between, and a stale exit of an earlier process
+/// with the same pid is dropped.
+pub fn spawn_watched(
+    spawn: impl FnOnce() -> io::Result<std::process::Child>,
+) -> io::Result<(std::process::Child, Receiver<ExitStatus>)> {
     let (tx, rx) = channel();
     let mut reg = registry().lock().unwrap_or_else(|e| e.into_inner());
-    match reg.unclaimed.remove(&pid) {
-        Some(status) => {
-            let _ = tx.send(status);
-        }
-        None => {
-            reg.waiting.insert(pid, tx);
-        }
-    }
-    rx
+    let child = spawn()?;
+    let pid = child.id() as libc::pid_t;
+    reg.unclaimed.remove(&pid);
+    reg.waiting.insert(pid, tx);
+    Ok((child, rx))
 }
 
 /// Blocks SIGCHLD in the calling thread; call before spawning any thread.
@@ -127,20 +127,16 @@ mod tests {
     }
 
     #[test]
-    fn an_exit_before_the_watch_is_kept() {
-        deliver(999_999, ExitStatus(5 << 8));
+    fn a_watched_exit_is_delivered() {
+        let (child, rx) =
+            spawn_watched(|| std::process::Command::new("/bin/true").spawn()).unwrap();
+        let pid = child.id() as libc::pid_t;
 
-        let rx = watch(999_999);
+        deliver(pid, ExitStatus(5 << 8));
 
         assert_eq!(rx.recv().unwrap().code(), 5);
-    }
-
-    #[test]
-    fn a_watched_exit_is_delivered() {
-        let rx = watch(999_998);
-
-        deliver(999_998, ExitStatus(libc::SIGTERM));
-
-        assert_eq!(rx.recv().unwrap().code(), 143);
+        let mut status = 0;
+        // SAFETY: reaping our own child with a valid status pointer.
+        unsafe { libc::waitpid(pid, &mut status, 0) };
     }
 }

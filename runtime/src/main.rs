@@ -63,7 +63,11 @@ enum Command {
 
 fn main() {
     let cli = Cli::parse();
-    let global = cli.global.clone();
+    let mut global = cli.global.clone();
+    if let Err(e) = global.canonicalize_root() {
+        eprintln!("husk: error: {e:#}");
+        std::process::exit(1);
+    }
     let result = match cli.command {
         Command::Check(args) => commands::check::run(args).map(|_| 0),
         Command::Create(args) => commands::create::run(&global, args),

@@ -577,3 +577,22 @@ fn the_monitor_joins_the_host_cgroups_path_and_delete_removes_it() {
         let _ = std::fs::remove_dir(h.join(&parent));
     }
 }
+
+#[test]
+fn the_workload_starts_with_default_signal_handling() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&[
+        "sh",
+        "-c",
+        "set -o pipefail; yes | head -c 1 >/dev/null; echo $?",
+    ]);
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "sigpipe"]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "141\n",
+        "yes dies of SIGPIPE, as under runc"
+    );
+}

@@ -167,13 +167,17 @@ impl Sandbox {
             share_root: self.share_root.clone(),
             cgroup: cgroup.path().to_path_buf(),
         };
-        let (pid, stage_pid, mut control) = spawn_stage(&task, ends.1)?;
+        let Spawned {
+            pid,
+            exited,
+            mut control,
+        } = spawn_stage(&task, ends.1)?;
         match read_report(&mut control)? {
             Some(StageReport::Ready) => {}
             Some(StageReport::Error(e)) => bail!("{e}"),
             other => bail!("the container process reported {other:?} instead of ready"),
         }
-        self.track(0, pid, stage_pid, ends.0, None)?;
+        self.track(0, pid, exited, ends.0, None)?;
         self.lock().container = Some(Container {
             cgroup,
             init_pid: pid,
@@ -233,13 +237,17 @@ impl Sandbox {
             target_pid,
             cgroup,
         };
-        let (pid, stage_pid, mut control) = spawn_stage(&task, ends.1)?;
+        let Spawned {
+            pid,
+            exited,
+            mut control,
+        } = spawn_stage(&task, ends.1)?;
         match read_report(&mut control)? {
             None => {}
             Some(StageReport::Error(e)) => bail!("{e}"),
             Some(other) => bail!("unexpected report {other:?} from the exec'd process"),
         }
-        self.track(process, pid, stage_pid, ends.0, Some(EXEC_OUTPUT_GRACE))?;
+        self.track(process, pid, exited, ends.0, Some(EXEC_OUTPUT_GRACE))?;
         Ok(Response::Process { pid })
     }
 
@@ -248,11 +256,10 @@ impl Sandbox {
         &self,
         process: ProcessId,
         pid: i32,
-        stage_pid: i32,
+        exited: std::sync::mpsc::Receiver<crate::reaper::ExitStatus>,
         ends: AgentEnds,
         grace: Option<Duration>,
     ) -> Result<()> {
-        let exited = crate::reaper::watch(stage_pid);
         let relays = stdio::start(process, ends, &self.outbox)?;
         self.lock().processes.insert(
             process,
@@ -329,9 +336,18 @@ fn state_alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
-/// Starts a stage with `task`; returns the container process's pid, the
-/// stage's pid and the control socket.
-fn spawn_stage(task: &StageTask, child: ChildEnds) -> Result<(i32, i32, BufReader<UnixStream>)> {
+/// A started stage.
+struct Spawned {
+    /// The container process's pid.
+    pid: i32,
+    /// The stage's exit status, which is the process's.
+    exited: std::sync::mpsc::Receiver<crate::reaper::ExitStatus>,
+    /// The control socket.
+    control: BufReader<UnixStream>,
+}
+
+/// Starts a stage with `task`.
+fn spawn_stage(task: &StageTask, child: ChildEnds) -> Result<Spawned> {
     let (mut ours, theirs) = UnixStream::pair().context("creating the stage socketpair")?;
     let theirs_fd = theirs.as_raw_fd();
     let [stdin, stdout, stderr] = child.0;
@@ -358,18 +374,23 @@ fn spawn_stage(task: &StageTask, child: ChildEnds) -> Result<(i32, i32, BufReade
             Ok(())
         });
     }
-    let stage = command.spawn().context("starting the container stage")?;
+    let (stage, exited) =
+        crate::reaper::spawn_watched(|| command.spawn()).context("starting the container stage")?;
     drop(theirs);
-    let stage_pid = stage.id() as i32;
+    drop(stage);
     let mut line = serde_json::to_string(task).context("encoding the stage task")?;
     line.push('\n');
     ours.write_all(line.as_bytes())
         .context("sending the stage task")?;
     let mut control = BufReader::new(ours);
     match read_report(&mut control)? {
-        Some(StageReport::Pid(pid)) => Ok((pid, stage_pid, control)),
+        Some(StageReport::Pid(pid)) => Ok(Spawned {
+            pid,
+            exited,
+            control,
+        }),
         Some(StageReport::Error(e)) => {
-            let _ = crate::reaper::watch(stage_pid).recv();
+            let _ = exited.recv();
             Err(anyhow!("{e}"))
         }
         other => Err(anyhow!("the stage reported {other:?} instead of a pid")),

@@ -268,7 +268,23 @@ fn child(
             seccomp::apply(profile).context("linux.seccomp")?;
         }
     }
+    reset_signals();
     Err(identity::exec(&executable, &process))
+}
+
+/// Gives the workload default signal handling and an empty mask, as a
+/// fresh process has: the agent's runtime ignores SIGPIPE, and ignored
+/// signals survive execve.
+fn reset_signals() {
+    use nix::sys::signal::{signal, sigprocmask, SigHandler, SigSet, SigmaskHow, Signal};
+    for sig in Signal::iterator() {
+        if sig == Signal::SIGKILL || sig == Signal::SIGSTOP {
+            continue;
+        }
+        // SAFETY: installing SIG_DFL runs no code of ours in a handler.
+        let _ = unsafe { signal(sig, SigHandler::SigDfl) };
+    }
+    let _ = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::empty()), None);
 }
 
 fn setup_container(spec: &ContainerSpec, share_root: &std::path::Path) -> Result<()> {

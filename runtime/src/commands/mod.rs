@@ -53,4 +53,17 @@ impl Global {
     pub fn container(&self, id: &str) -> anyhow::Result<Container> {
         Container::load(&self.root, id)
     }
+
+    /// Makes `--root` absolute and free of symlinks (creating it), so the
+    /// mounts under it are found by their /proc/self/mountinfo paths.
+    pub fn canonicalize_root(&mut self) -> anyhow::Result<()> {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&self.root)
+            .map_err(|e| anyhow::anyhow!("creating the state root {}: {e}", self.root.display()))?;
+        self.root = self.root.canonicalize()?;
+        Ok(())
+    }
 }

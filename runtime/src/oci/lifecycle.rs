@@ -76,13 +76,15 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
         poststop: bundle.spec.hooks.clone().unwrap_or_default().poststop,
         host_cgroups: host_cgroup_dirs(&bundle),
     };
+    let mut monitor: Option<Child> = None;
     let created = (|| {
         record.save(&dir).context("writing state.json")?;
-        let (mut monitor, ready) = spawn_monitor(opts, &bundle.dir)?;
-        record.pid = monitor.id() as i32;
+        let (child, ready) = spawn_monitor(opts, &bundle.dir)?;
+        let child = monitor.insert(child);
+        record.pid = child.id() as i32;
         record.pid_start = process_start_time(record.pid).unwrap_or(0);
         let saved = record.save(&dir).context("writing state.json");
-        let ready = wait_ready(&mut monitor, ready);
+        let ready = wait_ready(child, ready);
         saved.and(ready)?;
         let state = record.state(Status::Created);
         let all = bundle.spec.hooks.clone().unwrap_or_default();
@@ -92,23 +94,60 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
             ("createContainer", &all.create_container),
         ];
         for (kind, list) in steps {
-            if let Err(e) = hooks::run(kind, list, &state) {
-                let _ = monitor.kill();
-                let _ = monitor.wait();
-                bail!("{e}");
-            }
+            hooks::run(kind, list, &state).map_err(anyhow::Error::msg)?;
         }
         if let Some(path) = &opts.pid_file {
             write_pid_file(path, record.pid)?;
         }
-        Ok(monitor)
+        Ok(())
     })();
-    match created {
-        Ok(monitor) => Ok((Container { dir, record }, monitor)),
-        Err(e) => {
+    match (created, monitor) {
+        (Ok(()), Some(monitor)) => Ok((Container { dir, record }, monitor)),
+        (result, monitor) => {
+            // Undo everything: the monitor (its VM dies with it), the
+            // share's mounts, the host cgroups, the state directory.
+            if let Some(mut monitor) = monitor {
+                let container = Container {
+                    dir: dir.clone(),
+                    record: record.clone(),
+                };
+                let _ = container.call(&ControlRequest::Kill {
+                    signal: libc::SIGKILL,
+                    all: true,
+                });
+                if monitor.wait_timeout_or_kill(STOP_TIMEOUT).is_err() {
+                    let _ = monitor.kill();
+                    let _ = monitor.wait();
+                }
+            }
             let _ = share::remove_dir(&dir);
-            Err(e)
+            for cgroup in &record.host_cgroups {
+                let _ = fs::remove_dir(cgroup);
+            }
+            Err(result
+                .err()
+                .unwrap_or_else(|| anyhow::anyhow!("the monitor did not start")))
         }
+    }
+}
+
+/// Waiting for a child with a deadline.
+trait WaitTimeout {
+    /// Waits up to `timeout`; kills and reaps the child after that.
+    fn wait_timeout_or_kill(&mut self, timeout: Duration) -> std::io::Result<()>;
+}
+
+impl WaitTimeout for Child {
+    fn wait_timeout_or_kill(&mut self, timeout: Duration) -> std::io::Result<()> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if self.try_wait()?.is_some() {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.kill()?;
+        self.wait().map(|_| ())
     }
 }
 
@@ -215,12 +254,12 @@ pub fn start(container: &Container) -> Result<()> {
 pub fn delete(container: &Container, force: bool) -> Result<()> {
     let status = container.status();
     let id = &container.record.id;
-    match status {
-        Status::Running | Status::Paused if !force => {
-            bail!("cannot delete container {id} that is not stopped: {status}")
-        }
-        Status::Stopped => {}
-        _ => stop_monitor(container),
+    if matches!(status, Status::Running | Status::Paused) && !force {
+        bail!("cannot delete container {id} that is not stopped: {status}");
+    }
+    if container.monitor_alive() {
+        // Also when "stopped": the monitor may still be tearing the VM down.
+        stop_monitor(container);
     }
     share::remove_dir(&container.dir.join("shared"))?;
     for cgroup in &container.record.host_cgroups {

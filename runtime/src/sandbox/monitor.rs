@@ -340,7 +340,14 @@ fn agent(shared: &Shared, request: Request) -> Result<Response> {
 
 fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
     let status = *shared.status.lock().unwrap();
-    let set_status = |s: Status| *shared.status.lock().unwrap() = s;
+    // Moves only from the state the request started in: the workload may
+    // have stopped meanwhile, and stopped is final.
+    let set_status = |s: Status| {
+        let mut current = shared.status.lock().unwrap();
+        if *current == status {
+            *current = s;
+        }
+    };
     match request {
         ControlRequest::Status => Ok(ControlReply::Status(status)),
         ControlRequest::Start => {
