@@ -3,6 +3,8 @@
 //! it receives to the exec'd process, and exits with its exit code. With
 //! `exec --detach` it runs as a child that the engine's subreaper inherits,
 //! exactly like the monitor for the container's init.
+//!
+//! Trust: it talks only to the monitor over the root-only control socket.
 
 use std::fs::File;
 use std::io::{Read, Write};

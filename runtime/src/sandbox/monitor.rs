@@ -7,6 +7,10 @@
 //! Its parent (`create`) exits early, so engines that are child subreapers
 //! (conmon, containerd-shim) inherit it and waitpid() it, as they would
 //! runc's container init.
+//!
+//! Trust: everything from the guest arrives through [`AgentMux`] (bounded
+//! frames; unknown stream and process ids are dropped); the control socket
+//! is in the root-only state directory.
 
 use std::collections::HashMap;
 use std::io::Write;

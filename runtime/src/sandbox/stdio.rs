@@ -4,6 +4,9 @@
 //!
 //! Ordering: one reader thread per connection delivers every output frame,
 //! so bytes of one stream are written in the order the guest read them.
+//!
+//! Trust: output bytes come from the guest and are written as they are,
+//! never interpreted; each frame is bounded by the decoder.
 
 use std::fs::File;
 use std::io::{Read, Write};

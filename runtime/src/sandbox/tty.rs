@@ -3,6 +3,9 @@
 //! name as the message), and whose slave the relaying process keeps as its
 //! controlling terminal, so the engine's resizes of the master arrive as
 //! SIGWINCH.
+//!
+//! Trust: the console socket path comes from the engine; the slave is put
+//! in raw mode, so bytes from the guest's pty pass through uninterpreted.
 
 use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
