@@ -156,11 +156,7 @@ impl Sandbox {
         }
         let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), "container")?;
         cgroup.apply(&spec.resources).context("linux.resources")?;
-        let ends = if spec.process.terminal {
-            stdio::pty(spec.process.console_size)?
-        } else {
-            stdio::pipes()?
-        };
+        let ends = stdio::for_process(&spec.process)?;
         let seccomp = spec.seccomp.clone();
         let task = StageTask::Create {
             spec: Box::new(spec),
@@ -226,11 +222,7 @@ impl Sandbox {
         if !state_alive(target_pid) {
             bail!("the container is not running");
         }
-        let ends = if spec.terminal {
-            stdio::pty(spec.console_size)?
-        } else {
-            stdio::pipes()?
-        };
+        let ends = stdio::for_process(&spec)?;
         let task = StageTask::Exec {
             process: Box::new(spec),
             seccomp,

@@ -252,7 +252,7 @@ fn child(
     if process.capabilities.is_some() {
         identity::apply_capabilities(&caps)?;
     }
-    set_cloexec(CONTROL_FD)?;
+    super::stdio::set_cloexec(&CONTROL_FD).context("marking the control fd close-on-exec")?;
     if wait_for_start {
         let mut w = control.get_ref().try_clone()?;
         report(&mut w, &StageReport::Ready);
@@ -326,13 +326,6 @@ fn setup_process(process: &Process) -> Result<PathBuf> {
     identity::apply_rlimits(&process.rlimits)?;
     identity::apply_oom_score_adj(process)?;
     identity::find_executable(process)
-}
-
-fn set_cloexec(fd: i32) -> Result<()> {
-    use nix::fcntl::{fcntl, FcntlArg, FdFlag};
-    fcntl(fd, FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
-        .context("marking the control fd close-on-exec")?;
-    Ok(())
 }
 
 #[cfg(test)]

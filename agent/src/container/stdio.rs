@@ -40,6 +40,15 @@ pub enum AgentEnds {
     },
 }
 
+/// The stdio a process spec asks for: a pty with `terminal`, else pipes.
+pub fn for_process(process: &husk_protocol::oci::Process) -> Result<(AgentEnds, ChildEnds)> {
+    if process.terminal {
+        pty(process.console_size)
+    } else {
+        pipes()
+    }
+}
+
 /// Makes three pipes.
 pub fn pipes() -> Result<(AgentEnds, ChildEnds)> {
     // Close-on-exec: the stage gets its ends as 0/1/2 (dup2 clears the
@@ -80,7 +89,8 @@ pub fn pty(size: Option<ConsoleSize>) -> Result<(AgentEnds, ChildEnds)> {
     ))
 }
 
-fn set_cloexec(fd: &OwnedFd) -> Result<()> {
+/// Marks `fd` close-on-exec.
+pub fn set_cloexec(fd: &impl AsRawFd) -> Result<()> {
     use nix::fcntl::{fcntl, FcntlArg, FdFlag};
     fcntl(fd.as_raw_fd(), FcntlArg::F_SETFD(FdFlag::FD_CLOEXEC))
         .context("setting close-on-exec")?;

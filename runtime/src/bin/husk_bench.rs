@@ -100,7 +100,9 @@ fn main() -> Result<()> {
     }
 }
 
-fn bench_run(runs: usize, bundle: PathBuf, husk: PathBuf) -> Result<()> {
+/// The config, the qemu backend the host allows, and the boot timeout;
+/// prints the backend.
+fn setup(runs: usize) -> Result<(Config, QemuBackend, Duration)> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let (config, _) = Config::load()?;
     let host = Virtualization::probe();
@@ -111,6 +113,11 @@ fn bench_run(runs: usize, bundle: PathBuf, husk: PathBuf) -> Result<()> {
         "backend: qemu {} ({reason})",
         if kvm { "KVM" } else { "TCG" }
     );
+    Ok((config, backend, timeout))
+}
+
+fn bench_run(runs: usize, bundle: PathBuf, husk: PathBuf) -> Result<()> {
+    let (config, backend, timeout) = setup(runs)?;
     println!(
         "bundle: {}\nruns: {runs} of each, alternating\n",
         bundle.display()
@@ -158,16 +165,7 @@ fn bench_run(runs: usize, bundle: PathBuf, husk: PathBuf) -> Result<()> {
 }
 
 fn bench_boot(runs: usize, bare_initramfs: PathBuf) -> Result<()> {
-    anyhow::ensure!(runs > 0, "--runs must be at least 1");
-    let (config, _) = Config::load()?;
-    let host = Virtualization::probe();
-    let (kvm, reason) = hypervisor::use_kvm(&config, &host)?;
-    let backend = QemuBackend::from_config(&config, kvm);
-    let timeout = Duration::from_millis(config.boot_timeout_ms);
-    println!(
-        "backend: qemu {} ({reason})",
-        if kvm { "KVM" } else { "TCG" }
-    );
+    let (config, backend, timeout) = setup(runs)?;
     println!(
         "kernel: {}\nruns: {runs} of each, alternating\n",
         config.kernel.display()

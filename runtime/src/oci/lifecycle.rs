@@ -111,14 +111,10 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
                     dir: dir.clone(),
                     record: record.clone(),
                 };
-                let _ = container.call(&ControlRequest::Kill {
-                    signal: libc::SIGKILL,
-                    all: true,
-                });
-                if monitor.wait_timeout_or_kill(STOP_TIMEOUT).is_err() {
-                    let _ = monitor.kill();
-                    let _ = monitor.wait();
-                }
+                // It is our child: a zombie counts as stopped, then we reap it.
+                stop_monitor(&container);
+                let _ = monitor.kill();
+                let _ = monitor.wait();
             }
             let _ = share::remove_dir(&dir);
             for cgroup in &record.host_cgroups {
@@ -128,26 +124,6 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
                 .err()
                 .unwrap_or_else(|| anyhow::anyhow!("the monitor did not start")))
         }
-    }
-}
-
-/// Waiting for a child with a deadline.
-trait WaitTimeout {
-    /// Waits up to `timeout`; kills and reaps the child after that.
-    fn wait_timeout_or_kill(&mut self, timeout: Duration) -> std::io::Result<()>;
-}
-
-impl WaitTimeout for Child {
-    fn wait_timeout_or_kill(&mut self, timeout: Duration) -> std::io::Result<()> {
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if self.try_wait()?.is_some() {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.kill()?;
-        self.wait().map(|_| ())
     }
 }
 

@@ -107,12 +107,17 @@ pub fn send<T: Serialize>(stream: &UnixStream, message: &T, fds: &[RawFd]) -> Re
         (&*stream).write_all(&line)?;
         return Ok(());
     }
-    let iov = [IoSlice::new(&line)];
-    let cmsg = [ControlMessage::ScmRights(fds)];
-    let sent = sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
-        .context("sending fds to the monitor")?;
+    let sent = send_fds(stream, &line, fds).context("sending fds to the monitor")?;
     (&*stream).write_all(&line[sent..])?;
     Ok(())
+}
+
+/// Sends `bytes` with `fds` attached (SCM_RIGHTS) in one sendmsg; returns
+/// how many bytes went (the rest is the caller's to write).
+pub fn send_fds(stream: &UnixStream, bytes: &[u8], fds: &[RawFd]) -> nix::Result<usize> {
+    let iov = [IoSlice::new(bytes)];
+    let cmsg = [ControlMessage::ScmRights(fds)];
+    sendmsg::<()>(stream.as_raw_fd(), &iov, &cmsg, MsgFlags::empty(), None)
 }
 
 /// Reads one JSON line and the fds that came with its first bytes.

@@ -36,17 +36,11 @@ pub fn relative_path(cgroups_path: &str) -> Option<PathBuf> {
 
 /// The mount points of cgroup hierarchies (v1 and v2).
 pub fn hierarchies() -> Vec<PathBuf> {
-    let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    info.lines()
-        .filter_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split(' ').next()?;
-            if fstype != "cgroup" && fstype != "cgroup2" {
-                return None;
-            }
-            // A v1 hierarchy without controllers (name=systemd) is kept too.
-            Some(PathBuf::from(left.split(' ').nth(4)?))
-        })
+    // A v1 hierarchy without controllers (name=systemd) is kept too.
+    crate::sandbox::share::mount_table()
+        .into_iter()
+        .filter(|(_, fstype)| fstype == "cgroup" || fstype == "cgroup2")
+        .map(|(point, _)| point)
         .collect()
 }
 

@@ -69,16 +69,17 @@ struct Shared {
     outputs: Mutex<HashMap<StreamId, OutputSink>>,
     exits: Mutex<HashMap<ProcessId, Sender<i32>>>,
     next_process: AtomicU32,
-    ending: Mutex<Option<Sender<Ending>>>,
     /// The pty the monitor's own process relays, for resizes.
     tty: Option<OwnedFd>,
 }
 
-/// The reader thread's sink: routes output to fds, exits to waiters.
-struct Router(
-    Arc<Mutex<Option<Arc<Shared>>>>,
-    Mutex<Option<Sender<Ending>>>,
-);
+/// The reader thread's sink: routes output to fds, exits to waiters, and
+/// the end of the init (or of the guest) to the monitor's main thread.
+struct Router {
+    /// Filled in once setup made it (the reader starts before).
+    shared: Arc<Mutex<Option<Arc<Shared>>>>,
+    ending: Sender<Ending>,
+}
 
 impl Events for Router {
     fn data(&self, stream: StreamId, data: Vec<u8>) {
@@ -99,9 +100,7 @@ impl Events for Router {
         let Some(shared) = self.shared() else { return };
         if process == 0 {
             *shared.status.lock().unwrap() = Status::Stopped;
-            if let Some(tx) = shared.ending.lock().unwrap().as_ref() {
-                let _ = tx.send(Ending::InitExited(code));
-            }
+            let _ = self.ending.send(Ending::InitExited(code));
         } else if let Some(tx) = shared.exits.lock().unwrap().remove(&process) {
             let _ = tx.send(code);
         }
@@ -112,15 +111,13 @@ impl Events for Router {
             *shared.status.lock().unwrap() = Status::Stopped;
             shared.exits.lock().unwrap().clear();
         }
-        if let Some(tx) = self.1.lock().unwrap().as_ref() {
-            let _ = tx.send(Ending::GuestGone(why));
-        }
+        let _ = self.ending.send(Ending::GuestGone(why));
     }
 }
 
 impl Router {
     fn shared(&self) -> Option<Arc<Shared>> {
-        self.0.lock().unwrap().clone()
+        self.shared.lock().unwrap().clone()
     }
 }
 
@@ -207,10 +204,10 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
 
     let (ending_tx, ending_rx) = channel();
     let slot = Arc::new(Mutex::new(None));
-    let router = Arc::new(Router(
-        Arc::clone(&slot),
-        Mutex::new(Some(ending_tx.clone())),
-    ));
+    let router = Arc::new(Router {
+        shared: Arc::clone(&slot),
+        ending: ending_tx,
+    });
     let mux = AgentMux::start(reader, writer, router)?;
 
     let mut outputs = HashMap::new();
@@ -234,7 +231,6 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         outputs: Mutex::new(outputs),
         exits: Mutex::new(HashMap::new()),
         next_process: AtomicU32::new(1),
-        ending: Mutex::new(Some(ending_tx)),
         tty: tty_fd,
     });
     *slot.lock().unwrap() = Some(Arc::clone(&shared));

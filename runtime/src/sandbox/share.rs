@@ -140,11 +140,23 @@ pub fn remove_dir(dir: &Path) -> Result<()> {
 
 /// Mount points at or under `dir`, in mount order.
 pub fn mounts_under(dir: &Path) -> Vec<PathBuf> {
+    mount_table()
+        .into_iter()
+        .map(|(point, _)| point)
+        .filter(|p| p.starts_with(dir))
+        .collect()
+}
+
+/// Every mount of this process's namespace as (mount point, filesystem
+/// type), in mount order, from /proc/self/mountinfo (proc(5)).
+pub fn mount_table() -> Vec<(PathBuf, String)> {
     let info = fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .map(unescape_mount_path)
-        .filter(|p| p.starts_with(dir))
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let point = unescape_mount_path(left.split(' ').nth(4)?);
+            Some((point, right.split(' ').next()?.to_string()))
+        })
         .collect()
 }
 

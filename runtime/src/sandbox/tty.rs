@@ -7,14 +7,12 @@
 //! Trust: the console socket path comes from the engine; the slave is put
 //! in raw mode, so bytes from the guest's pty pass through uninterpreted.
 
-use std::io::IoSlice;
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 
 use anyhow::{Context, Result};
 use husk_protocol::oci::ConsoleSize;
-use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
 
 /// A pty whose master was handed to the engine.
 pub struct HostPty {
@@ -42,16 +40,8 @@ pub fn open_and_send(socket: &Path) -> Result<HostPty> {
     unsafe { libc::ioctl(pty.slave.as_raw_fd(), libc::TIOCSCTTY, 0) };
     let stream = UnixStream::connect(socket)
         .with_context(|| format!("connecting to the console socket {}", socket.display()))?;
-    let name = b"/dev/ptmx";
-    let fds = [pty.master.as_raw_fd()];
-    sendmsg::<()>(
-        stream.as_raw_fd(),
-        &[IoSlice::new(name)],
-        &[ControlMessage::ScmRights(&fds)],
-        MsgFlags::empty(),
-        None,
-    )
-    .with_context(|| format!("sending the pty master to {}", socket.display()))?;
+    crate::sandbox::control::send_fds(&stream, b"/dev/ptmx", &[pty.master.as_raw_fd()])
+        .with_context(|| format!("sending the pty master to {}", socket.display()))?;
     Ok(HostPty { slave: pty.slave })
 }
 
