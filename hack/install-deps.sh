@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what husk needs on a Debian 12 host, idempotently:
 #   - Debian packages: QEMU, the kernel source and its build tools, the
-#     libraries virtiofsd links against; podman, runc (the baseline) and
-#     busybox-static for the engine smoke tests;
+#     libraries virtiofsd links against; the engines the engine suite drives
+#     (podman with netavark, docker.io, containerd), runc (the baseline),
+#     busybox-static and debootstrap for the test images;
 #   - virtiofsd and vhost-device-vsock from crates.io, pinned, into
 #     /usr/local/libexec/husk (husk's default helper paths).
 # A second run with everything in place takes about a second.
@@ -17,7 +18,8 @@ log() { echo "install-deps: $*" >&2; }
 
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc xz-utils
     libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config
-    podman conmon catatonit runc uidmap golang-github-containers-common busybox-static)
+    podman conmon catatonit runc uidmap golang-github-containers-common busybox-static
+    netavark aardvark-dns iptables docker.io containerd debootstrap)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -25,6 +27,8 @@ done
 if ((${#missing[@]})); then
     log "apt-get install ${missing[*]}"
     apt-get update -qq
+    # No daemon starts here: engines are started by the tests (policy-rc.d
+    # or the lack of systemd keeps docker.io's service down).
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 

@@ -4,6 +4,11 @@
 #   /usr/local/share/husk/{vmlinux,initramfs.cpio}
 #   /usr/local/libexec/husk/{virtiofsd,vhost-device-vsock}  (install-deps.sh)
 # husk's built-in defaults point at these paths, so no config file is needed.
+# Then registers husk with the engines that are installed, keeping the rest
+# of their configuration (husk register-engines; running it again changes
+# nothing): docker (/etc/docker/daemon.json, runtime "husk"), podman
+# (/etc/containers/containers.conf, runtime "husk" with JSON logs) and
+# containerd (/etc/containerd/config.toml, CRI runtime handler "husk").
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -19,3 +24,8 @@ install -m 0644 "$kernel" "$share/vmlinux"
 install -m 0644 "$initramfs" "$share/initramfs.cpio"
 install -m 0755 "$repo/target/release/husk" "$bindir/husk"
 echo "install: husk $("$bindir/husk" --version | cut -d' ' -f2) in $bindir, guest in $share" >&2
+"$bindir/husk" register-engines --husk "$bindir/husk" >&2
+# dockerd rereads its runtimes on SIGHUP; containerd needs a restart.
+if pids=$(pidof dockerd); then
+    kill -HUP $pids
+fi

@@ -14,6 +14,9 @@ step "guest kernel"
 kernel=$(hack/build-kernel.sh | tail -n1)
 step "agent and initramfs"
 initramfs=$(hack/build-initramfs.sh | tail -n1)
+step "test images"
+HUSK_TEST_IMAGES=$(hack/build-images.sh | tail -n1)
+export HUSK_TEST_IMAGES
 
 libexec=${HUSK_LIBEXEC:-/usr/local/libexec/husk}
 export HUSK_TEST_CONFIG=$repo/target/husk/test-config.toml
@@ -34,19 +37,21 @@ step "tests"
 cargo test --locked --workspace -- --test-threads=2
 
 step "leftovers"
-leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock|sandbox-monitor|/tmp/husk-root-|husk-podman-' || true)
+leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock|sandbox-monitor|/tmp/husk-root-|husk-(podman|docker|containerd)-|/run/husk-sockets/' || true)
 if [[ -n $leftover ]]; then
     echo "processes left behind by the tests:" >&2
     echo "$leftover" >&2
     exit 1
 fi
-mounts=$(grep -E 'husk-root-|husk-podman-|husk-bundle-' /proc/mounts || true)
+mounts=$(grep -E 'husk-root-|husk-(podman|docker|containerd)-|husk-bundle-|husk-engine-scratch-' /proc/mounts || true)
 if [[ -n $mounts ]]; then
     echo "mounts left behind by the tests:" >&2
     echo "$mounts" >&2
     exit 1
 fi
-dirs=$(ls -d /tmp/husk-root-* /tmp/husk-bundle-* /var/tmp/husk-podman-* 2>/dev/null || true)
+dirs=$(ls -d /tmp/husk-root-* /tmp/husk-bundle-* /var/tmp/husk-{podman,docker,containerd}-* \
+    /var/tmp/husk-engine-scratch-* /run/husk-sockets/* 2>/dev/null || true)
+dirs+=$(ip netns list 2>/dev/null | grep -E '^husk-' || true)
 if [[ -n $dirs ]]; then
     echo "state directories left behind by the tests:" >&2
     echo "$dirs" >&2

@@ -5,11 +5,13 @@
 //! [`hypervisor`] (the backend trait and the qemu backend), [`agent_client`]
 //! (the vsock channel to the guest agent), [`guest`] (the boot recipe: VM +
 //! agent hello), [`check`] (`husk check`), [`initramfs`] (the guest's
-//! initramfs), [`process`] (child processes that never outlive us).
+//! initramfs), [`process`] (child processes that never outlive us),
+//! [`engine_config`] (registering husk with docker, podman, containerd).
 
 pub mod agent_client;
 pub mod check;
 pub mod config;
+pub mod engine_config;
 pub mod guest;
 pub mod host;
 pub mod hypervisor;

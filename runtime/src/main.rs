@@ -56,6 +56,8 @@ enum Command {
     /// Write the guest initramfs with the given agent as /init.
     #[command(hide = true)]
     Mkinitramfs(commands::mkinitramfs::Args),
+    /// Registers husk with docker, podman and containerd (hack/install.sh).
+    RegisterEngines(commands::register_engines::Args),
     /// The per-container monitor (started by create).
     #[command(hide = true)]
     SandboxMonitor(commands::monitor::Args),
@@ -86,6 +88,7 @@ fn main() {
         Command::Features(args) => commands::features::run(&global, args),
         Command::Spec(args) => commands::spec::run(&global, args),
         Command::Mkinitramfs(args) => commands::mkinitramfs::run(args).map(|_| 0),
+        Command::RegisterEngines(args) => commands::register_engines::run(args).map(|_| 0),
         Command::SandboxMonitor(args) => commands::monitor::run(&global, args),
     };
     match result {

@@ -6,6 +6,7 @@
 //! why; it never passes silently.
 
 pub mod cli;
+pub mod engines;
 pub mod podman;
 pub mod rootfs;
 

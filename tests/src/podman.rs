@@ -30,9 +30,11 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::OnceLock;
 
+use crate::engines::daemon::TestNetns;
+use crate::engines::docker_cli::{DockerCli, RuntimeChoice};
+use crate::engines::{self, Image, Runtimes};
 use crate::rootfs;
 
 /// The busybox image every fixture imports.
@@ -41,13 +43,11 @@ pub const IMAGE: &str = "localhost/husk-bb";
 /// Fixture directories are `<DIR_PREFIX><pid>-<n>`.
 pub const DIR_PREFIX: &str = "/var/tmp/husk-podman-";
 
-/// Distinguishes the fixtures of one test process.
-static NEXT_FIXTURE: AtomicUsize = AtomicUsize::new(0);
-
 /// A private podman; see the module documentation.
 pub struct Podman {
     dir: PathBuf,
     image: OnceLock<Result<(), String>>,
+    netns: Option<TestNetns>,
     cleaned: bool,
 }
 
@@ -55,7 +55,7 @@ impl Podman {
     /// A fresh fixture, or why podman tests cannot run here (not root,
     /// podman or busybox-static not installed).
     pub fn setup() -> Result<Podman, String> {
-        let uid = effective_uid()?;
+        let uid = engines::effective_uid()?;
         if uid != 0 {
             return Err(format!("podman tests need root (running as uid {uid})"));
         }
@@ -79,10 +79,11 @@ impl Podman {
                 rootfs::HOST_BUSYBOX
             ));
         }
-        let dir = create_fixture_dir().map_err(|e| format!("creating {DIR_PREFIX}*: {e}"))?;
+        let dir = engines::create_fixture_dir(DIR_PREFIX)?;
         let podman = Podman {
             dir,
             image: OnceLock::new(),
+            netns: None,
             cleaned: false,
         };
         let driver = storage_driver();
@@ -117,7 +118,63 @@ impl Podman {
             .arg(self.dir.join("run"))
             .arg("--tmpdir")
             .arg(self.dir.join("tmp"));
+        if let Some(netns) = &self.netns {
+            if let Err(e) = netns.enter(&mut command) {
+                panic!("entering the fixture's network namespace: {e}");
+            }
+        }
         command
+    }
+
+    /// Runs every later podman command (and so conmon, netavark and the
+    /// runtime) in a network namespace of the fixture's own, so the
+    /// default network's bridge and firewall rules vanish with it.
+    pub fn isolate_network(&mut self) -> Result<(), String> {
+        let name = self.dir.file_name().unwrap().to_string_lossy().into_owned();
+        self.netns = Some(TestNetns::create(&name)?);
+        Ok(())
+    }
+
+    /// Loads both test images (`hack/build-images.sh`).
+    pub fn load_images(&self) -> Result<(), String> {
+        for image in [Image::Busybox, Image::Debian] {
+            let archive = engines::images::archive(image)?;
+            let mut load = self.podman();
+            load.args(["load", "--quiet", "--input"]).arg(&archive);
+            engines::run_ok(&mut load, "podman load")?;
+        }
+        Ok(())
+    }
+
+    /// The engine view of this fixture, choosing between `runtimes`.
+    pub fn engine(&self, runtimes: Runtimes) -> DockerCli {
+        let mut global_args = Vec::new();
+        for (flag, sub) in [
+            ("--root", "root"),
+            ("--runroot", "run"),
+            ("--tmpdir", "tmp"),
+        ] {
+            global_args.push(flag.into());
+            global_args.push(self.dir.join(sub).into());
+        }
+        DockerCli {
+            name: "podman",
+            program: "podman".into(),
+            env: vec![
+                (
+                    "CONTAINERS_CONF".into(),
+                    self.dir.join("containers.conf").into(),
+                ),
+                (
+                    "CONTAINERS_STORAGE_CONF".into(),
+                    self.dir.join("storage.conf").into(),
+                ),
+            ],
+            env_remove: vec!["CONTAINER_HOST", "CONTAINER_CONNECTION"],
+            global_args,
+            netns: self.netns.as_ref().map(TestNetns::path),
+            runtime: RuntimeChoice::GlobalPath(runtimes),
+        }
     }
 
     /// `podman --runtime RUNTIME` with this fixture's settings: add the
@@ -199,28 +256,8 @@ impl Podman {
             problems.push(e);
         }
         // conmon outlives `podman rm` by a moment.
-        let left = crate::helpers_left(&self.dir);
-        if !left.is_empty() {
-            problems.push(format!("processes left running, killed: {left:?}"));
-            for pid in left {
-                let _ = Command::new("kill")
-                    .args(["-KILL", &pid.to_string()])
-                    .status();
-            }
-        }
-        let mounts = fs::read_to_string("/proc/mounts").unwrap_or_default();
-        let mounted = mounts_under(&mounts, &self.dir);
-        if !mounted.is_empty() {
-            problems.push(format!("mounts left, detached: {mounted:?}"));
-            for mountpoint in &mounted {
-                let _ = Command::new("umount").arg("-l").arg(mountpoint).status();
-            }
-        }
-        if let Err(e) = fs::remove_dir_all(&self.dir) {
-            if e.kind() != io::ErrorKind::NotFound {
-                problems.push(format!("removing {}: {e}", self.dir.display()));
-            }
-        }
+        engines::remove_fixture_dir(&self.dir, &mut problems);
+        self.netns = None;
         if problems.is_empty() {
             Ok(())
         } else {
@@ -404,36 +441,6 @@ fn unescape_mount_field(field: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// This process's effective uid, from `/proc/self/status`.
-fn effective_uid() -> Result<u32, String> {
-    let status = fs::read_to_string("/proc/self/status")
-        .map_err(|e| format!("reading /proc/self/status: {e}"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("Uid:"))
-        .and_then(|ids| ids.split_whitespace().nth(1))
-        .and_then(|euid| euid.parse().ok())
-        .ok_or_else(|| "no effective uid in /proc/self/status".to_string())
-}
-
-/// Creates `<DIR_PREFIX><pid>-<n>` for the next free `n`.
-fn create_fixture_dir() -> io::Result<PathBuf> {
-    let pid = std::process::id();
-    loop {
-        let n = NEXT_FIXTURE.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!("{DIR_PREFIX}{pid}-{n}"));
-        match fs::create_dir(&dir) {
-            Ok(()) => {
-                fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))?;
-                return Ok(dir);
-            }
-            // A directory left by an earlier process with our pid.
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -546,13 +553,5 @@ tmpfs /var/tmp/husk-podman-7-0/with\\040space/shm tmpfs rw 0 0
     fn shell_quote_escapes_single_quotes() {
         assert_eq!(shell_quote(b"a'b"), b"'a'\\''b'");
         assert_eq!(shell_quote(b""), b"''");
-    }
-
-    #[test]
-    fn effective_uid_reads_this_process() {
-        let uid = effective_uid().unwrap();
-
-        let meta = std::os::unix::fs::MetadataExt::uid(&fs::metadata("/proc/self").unwrap());
-        assert_eq!(uid, meta);
     }
 }

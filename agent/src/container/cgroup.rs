@@ -105,17 +105,20 @@ impl Cgroup {
 }
 
 /// The cgroup v2 files and values for `resources` (v1 names in the spec
-/// translated as runc's `cgroups/fs2` does).
+/// translated as runc's `cgroups/fs2` does). As in runc, a zero means
+/// "leave it": engines send whole resource sets to `update` with zeros
+/// for what they do not change.
 pub fn limit_files(resources: &Resources) -> Vec<(&'static str, String)> {
     let mut files = Vec::new();
+    let set = |v: &Option<i64>| v.filter(|v| *v != 0);
     if let Some(memory) = &resources.memory {
-        if let Some(limit) = memory.limit {
+        if let Some(limit) = set(&memory.limit) {
             files.push(("memory.max", limit_value(limit)));
         }
-        if let Some(reservation) = memory.reservation {
+        if let Some(reservation) = set(&memory.reservation) {
             files.push(("memory.low", limit_value(reservation)));
         }
-        if let (Some(swap), Some(limit)) = (memory.swap, memory.limit) {
+        if let (Some(swap), Some(limit)) = (set(&memory.swap), set(&memory.limit)) {
             // v1 swap is memory+swap; v2 counts swap alone.
             let v2 = if swap < 0 || limit < 0 {
                 "max".to_string()
@@ -126,10 +129,14 @@ pub fn limit_files(resources: &Resources) -> Vec<(&'static str, String)> {
         }
     }
     if let Some(cpu) = &resources.cpu {
-        if cpu.quota.is_some() || cpu.period.is_some() {
-            let quota = cpu.quota.map_or("max".to_string(), limit_value);
-            let period = cpu.period.unwrap_or(100_000);
-            files.push(("cpu.max", format!("{quota} {period}")));
+        let quota = cpu.quota.filter(|q| *q != 0);
+        let period = cpu.period.filter(|p| *p != 0);
+        if quota.is_some() || period.is_some() {
+            let mut value = quota.map_or("max".to_string(), limit_value);
+            if let Some(period) = period {
+                value.push_str(&format!(" {period}"));
+            }
+            files.push(("cpu.max", value));
         }
         if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
             // runc's conversion of v1 shares [2, 262144] to v2 weight [1, 10000].
@@ -140,7 +147,7 @@ pub fn limit_files(resources: &Resources) -> Vec<(&'static str, String)> {
             files.push(("cpuset.cpus", cpus.clone()));
         }
     }
-    if let Some(pids) = &resources.pids {
+    if let Some(pids) = resources.pids.as_ref().filter(|p| p.limit != 0) {
         files.push(("pids.max", limit_value(pids.limit)));
     }
     files
@@ -199,6 +206,41 @@ fn process_info(pid: i32) -> Option<ProcessInfo> {
 mod tests {
     use super::*;
     use husk_protocol::oci::{CpuResources, MemoryResources, PidsResources};
+
+    #[test]
+    fn zeros_leave_the_limits_alone_as_in_runc_update() {
+        let resources = Resources {
+            memory: Some(MemoryResources {
+                limit: Some(0),
+                reservation: Some(0),
+                swap: Some(0),
+            }),
+            cpu: Some(CpuResources {
+                quota: Some(0),
+                period: Some(0),
+                shares: Some(0),
+                ..Default::default()
+            }),
+            pids: Some(PidsResources { limit: 100 }),
+        };
+
+        let files = limit_files(&resources);
+
+        assert_eq!(files, [("pids.max", "100".to_string())]);
+    }
+
+    #[test]
+    fn a_quota_without_a_period_keeps_the_kernel_s_period() {
+        let resources = Resources {
+            cpu: Some(CpuResources {
+                quota: Some(20_000),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+
+        assert_eq!(limit_files(&resources), [("cpu.max", "20000".to_string())]);
+    }
 
     #[test]
     fn spec_limits_become_cgroup_v2_files() {

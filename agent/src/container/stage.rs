@@ -135,11 +135,15 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
     let mut new_cgroup_ns = false;
     match &task {
         StageTask::Create { spec, .. } => {
-            // The rootfs always gets its own mount namespace.
+            // The rootfs always gets its own mount namespace. So does the
+            // cgroup view: the guest's root cgroup is nothing to share, and
+            // a private view shows the container its own limits at
+            // /sys/fs/cgroup (docker on a v1 host asks for none).
             let mut flags = CloneFlags::CLONE_NEWNS;
+            new_cgroup_ns = true;
             for kind in &spec.namespaces {
                 match clone_flag(kind) {
-                    Some(CloneFlags::CLONE_NEWCGROUP) => new_cgroup_ns = true,
+                    Some(CloneFlags::CLONE_NEWCGROUP) => {}
                     Some(f) => flags |= f,
                     None => anyhow::bail!("linux.namespaces: type {kind:?} is not supported"),
                 }

@@ -14,6 +14,7 @@ pub mod mkinitramfs;
 pub mod monitor;
 pub mod pause;
 pub mod ps;
+pub mod register_engines;
 pub mod resume;
 pub mod run;
 pub mod spec;

@@ -1,4 +1,9 @@
-//! `husk ps`: the container's processes (guest pids), as a table or JSON.
+//! `husk ps`: the container's processes. The table lists the guest's
+//! processes (guest pids). `--format json` is for engines, which match the
+//! pids against the host's process table (`docker top` runs ps(1) on the
+//! host): guest pids would name unrelated host processes, so it lists the
+//! host process that stands for the container, its monitor (the pid
+//! engines already know from `state`).
 
 use anyhow::bail;
 use husk::sandbox::control::{ControlReply, ControlRequest};
@@ -28,10 +33,7 @@ pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
         bail!("unexpected answer from the monitor");
     };
     match args.format.as_str() {
-        "json" => {
-            let pids: Vec<i32> = list.iter().map(|p| p.pid).collect();
-            println!("{}", serde_json::to_string(&pids)?);
-        }
+        "json" => println!("{}", serde_json::to_string(&[container.record.pid])?),
         "table" => {
             println!("{:<8}{:<8}{:<8}CMD", "UID", "PID", "PPID");
             for p in list {

@@ -64,7 +64,7 @@ impl Container {
         if !self.monitor_alive() {
             return Status::Stopped;
         }
-        if !self.dir.join(crate::sandbox::control::SOCKET).exists() {
+        if !crate::sandbox::control::socket_path(&self.dir).exists() {
             // Alive without a control socket: still setting up.
             return Status::Creating;
         }

@@ -12,7 +12,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
@@ -22,7 +22,8 @@ use crate::oci::hooks;
 use crate::oci::spec::Bundle;
 use crate::oci::state::{check_id, now_rfc3339, process_alive, process_start_time, Record, Status};
 use crate::sandbox::control::{ControlReply, ControlRequest};
-use crate::sandbox::{host_cgroup, share};
+use crate::sandbox::netns::{self, NetnsPlan};
+use crate::sandbox::{host_cgroup, share, socket_dir};
 
 /// The fd on which the monitor reports readiness.
 pub const READY_FD: i32 = 3;
@@ -79,13 +80,24 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
     let mut monitor: Option<Child> = None;
     let created = (|| {
         record.save(&dir).context("writing state.json")?;
-        let (child, ready) = spawn_monitor(opts, &bundle.dir)?;
+        let netns = NetnsPlan::from_spec(&bundle.linux())?;
+        if let NetnsPlan::Host = netns {
+            bail!(
+                "the spec shares the host's network namespace (no network entry in \
+                 linux.namespaces, --network host), which a VM cannot do"
+            );
+        }
+        let terminal = bundle.process().terminal;
+        let (child, ready) = spawn_monitor(opts, &bundle.dir, netns, terminal)?;
         let child = monitor.insert(child);
         record.pid = child.id() as i32;
         record.pid_start = process_start_time(record.pid).unwrap_or(0);
         let saved = record.save(&dir).context("writing state.json");
-        let ready = wait_ready(child, ready);
-        saved.and(ready)?;
+        // A namespace the engine prepared (podman) is checked before the
+        // VM boots; one a prestart hook fills (docker) after the hooks.
+        let checked = netns::refuse_connected(record.pid);
+        let ready = saved.and(checked).and_then(|()| wait_ready(child, ready));
+        ready?;
         let state = record.state(Status::Created);
         let all = bundle.spec.hooks.clone().unwrap_or_default();
         let steps = [
@@ -96,6 +108,7 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
         for (kind, list) in steps {
             hooks::run(kind, list, &state).map_err(anyhow::Error::msg)?;
         }
+        netns::refuse_connected(record.pid)?;
         if let Some(path) = &opts.pid_file {
             write_pid_file(path, record.pid)?;
         }
@@ -116,6 +129,7 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
                 let _ = monitor.kill();
                 let _ = monitor.wait();
             }
+            let _ = socket_dir::remove(&dir);
             let _ = share::remove_dir(&dir);
             for cgroup in &record.host_cgroups {
                 let _ = fs::remove_dir(cgroup);
@@ -143,7 +157,12 @@ fn host_cgroup_dirs(bundle: &Bundle) -> Vec<PathBuf> {
         .collect()
 }
 
-fn spawn_monitor(opts: &CreateOptions, bundle: &Path) -> Result<(Child, std::io::PipeReader)> {
+fn spawn_monitor(
+    opts: &CreateOptions,
+    bundle: &Path,
+    netns: NetnsPlan,
+    terminal: bool,
+) -> Result<(Child, std::io::PipeReader)> {
     let (ready_r, ready_w) = std::io::pipe().context("creating the ready pipe")?;
     let exe = std::env::current_exe().context("finding the husk binary")?;
     let mut command = Command::new(exe);
@@ -157,12 +176,21 @@ fn spawn_monitor(opts: &CreateOptions, bundle: &Path) -> Result<(Child, std::io:
     if let Some(socket) = &opts.console_socket {
         command.arg("--console-socket").arg(socket);
     }
+    if terminal {
+        // The workload's stdio is the pty. Our own stdio belongs to whoever
+        // ran create, which may wait for it to close (containerd's shim).
+        command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+    }
     let ready_fd = ready_w.as_raw_fd();
-    // SAFETY: setsid, dup2, fcntl and close_range are async-signal-safe and
-    // only change this child.
+    // SAFETY: setsid, dup2, fcntl, close_range, unshare and setns are
+    // async-signal-safe and only change this child.
     unsafe {
         command.pre_exec(move || {
             libc::setsid();
+            netns.enter()?;
             let rc = if ready_fd == READY_FD {
                 libc::fcntl(ready_fd, libc::F_SETFD, 0)
             } else {
@@ -238,6 +266,8 @@ pub fn delete(container: &Container, force: bool) -> Result<()> {
         stop_monitor(container);
     }
     share::remove_dir(&container.dir.join("shared"))?;
+    socket_dir::remove(&container.dir)
+        .with_context(|| format!("removing the sockets of {}", container.record.id))?;
     for cgroup in &container.record.host_cgroups {
         let _ = fs::remove_dir(cgroup);
     }

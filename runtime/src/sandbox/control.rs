@@ -169,6 +169,11 @@ pub fn receive<T: for<'de> Deserialize<'de>>(reader: &mut BufReader<UnixStream>)
     serde_json::from_str(&line).context("decoding a control message")
 }
 
+/// The control socket of the sandbox whose state is in `dir`.
+pub fn socket_path(dir: &Path) -> std::path::PathBuf {
+    super::socket_dir::socket_dir(dir).join(SOCKET)
+}
+
 /// A command's connection to a monitor.
 pub struct ControlClient {
     reader: BufReader<UnixStream>,
@@ -177,7 +182,7 @@ pub struct ControlClient {
 impl ControlClient {
     /// Connects to the monitor of the container whose state dir is `dir`.
     pub fn connect(dir: &Path) -> Result<ControlClient> {
-        let path = dir.join(SOCKET);
+        let path = socket_path(dir);
         let stream = UnixStream::connect(&path).with_context(|| {
             format!(
                 "connecting to the container's monitor at {}",

@@ -1,7 +1,8 @@
 //! The sandbox: what runs on the host for one container. The monitor
 //! process ([`monitor`]) with its share ([`share`]), the agent connection
 //! shared by its threads ([`agent_mux`]), stdio relays ([`stdio`], [`tty`]),
-//! signal forwarding ([`signals`]), the VM's size ([`sizing`]), and the
+//! signal forwarding ([`signals`]), the VM's size ([`sizing`]), its network
+//! namespace ([`netns`]), where its sockets live ([`socket_dir`]), and the
 //! control socket the other commands use ([`control`]).
 
 pub mod agent_mux;
@@ -9,8 +10,10 @@ pub mod control;
 pub mod exec_relay;
 pub mod host_cgroup;
 pub mod monitor;
+pub mod netns;
 pub mod share;
 pub mod signals;
 pub mod sizing;
+pub mod socket_dir;
 pub mod stdio;
 pub mod tty;

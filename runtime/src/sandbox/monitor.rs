@@ -34,7 +34,7 @@ use crate::sandbox::agent_mux::{AgentMux, Events, MuxError};
 use crate::sandbox::control::{self, ControlReply, ControlRequest};
 use crate::sandbox::share::Share;
 use crate::sandbox::stdio::{relay_input, OutputSink};
-use crate::sandbox::{host_cgroup, signals, sizing, tty};
+use crate::sandbox::{host_cgroup, signals, sizing, socket_dir, tty};
 
 /// How long a request to the agent may take.
 const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -175,7 +175,9 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         }
     }
     let root = bundle.spec.root.clone().unwrap_or_default();
-    let mut share = Share::create(&args.dir.join("shared"), &bundle.rootfs, root.readonly)?;
+    // Writable even for a read-only root, as runc does it: mount points
+    // are made first, then the guest remounts the root read-only.
+    let mut share = Share::create(&args.dir.join("shared"), &bundle.rootfs, false)?;
     let mounts = share.add_binds(&bundle.spec.mounts, &bundle.dir)?;
 
     let mut process = bundle.process().clone();
@@ -191,7 +193,9 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         None
     };
 
-    let mut vm_config = VmConfig::from_config(&config, &args.dir, share.dir());
+    let sockets = socket_dir::create(&args.dir)
+        .with_context(|| format!("creating the socket directory of {}", args.dir.display()))?;
+    let mut vm_config = VmConfig::from_config(&config, &sockets, share.dir());
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     vm_config.memory_mib = sizing::memory_mib(linux.resources.as_ref(), config.memory_mib);
     vm_config.vcpus = sizing::vcpus(linux.resources.as_ref(), config.vcpus, host_cpus);
@@ -283,7 +287,7 @@ fn finish(shared: &Shared, mut vm: Box<dyn Vm>, share: Share, dir: &Path) {
     if let Err(e) = share.remove() {
         log(dir, &format!("removing the share: {e:#}"));
     }
-    let _ = std::fs::remove_file(dir.join(control::SOCKET));
+    let _ = std::fs::remove_file(control::socket_path(dir));
 }
 
 /// Appends a line to the monitor's log in the state directory (its own
@@ -299,7 +303,7 @@ pub fn log(dir: &Path, message: &str) {
 }
 
 fn serve_control(dir: &Path, shared: Arc<Shared>) -> Result<()> {
-    let path = dir.join(control::SOCKET);
+    let path = control::socket_path(dir);
     let _ = std::fs::remove_file(&path);
     let listener =
         UnixListener::bind(&path).with_context(|| format!("binding {}", path.display()))?;
