@@ -269,13 +269,25 @@ pub fn delete(container: &Container, force: bool) -> Result<()> {
     socket_dir::remove(&container.dir)
         .with_context(|| format!("removing the sockets of {}", container.record.id))?;
     for cgroup in &container.record.host_cgroups {
-        let _ = fs::remove_dir(cgroup);
+        remove_cgroup(cgroup);
     }
     let state = container.record.state(Status::Stopped);
     if let Err(e) = hooks::run("poststop", &container.record.poststop, &state) {
         eprintln!("husk: warning: {e}");
     }
     share::remove_dir(&container.dir)
+}
+
+/// Removes a host cgroup directory, waiting up to a second while it is
+/// busy (the monitor's children leave it a moment after the monitor).
+fn remove_cgroup(dir: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    while let Err(e) = fs::remove_dir(dir) {
+        if e.raw_os_error() != Some(libc::EBUSY) || Instant::now() >= deadline {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }
 
 /// Kills the container and waits for its monitor to end (SIGKILL to the

@@ -173,6 +173,10 @@ impl Containerd {
         }
         remove_fixture_dir(&self.dir, &mut problems);
         self.netns = None;
+        // runc removes each container's cgroup, not ctr's namespace parent.
+        for hierarchy in husk::sandbox::host_cgroup::hierarchies() {
+            let _ = std::fs::remove_dir(hierarchy.join(NAMESPACE));
+        }
         if problems.is_empty() {
             Ok(())
         } else {
