@@ -380,6 +380,10 @@ impl Engine for Containerd {
         self.ctr_ok(&["task", "kill", "--signal", &signal_name(signal), name])
     }
 
+    fn is_running(&self, name: &str) -> bool {
+        self.task_status(name).as_deref() == Some("RUNNING")
+    }
+
     fn wait(&self, name: &str) -> Result<i32, String> {
         if !eventually(COMMAND_TIMEOUT, || {
             self.task_status(name).as_deref() == Some("STOPPED")

@@ -174,6 +174,11 @@ impl Engine for DockerCli {
         self.ok(&["kill", "--signal", signal, name])
     }
 
+    fn is_running(&self, name: &str) -> bool {
+        self.inspect(name, "{{.State.Running}}")
+            .is_ok_and(|r| r == "true")
+    }
+
     fn wait(&self, name: &str) -> Result<i32, String> {
         let out = self.ok(&["wait", name])?;
         out.stdout

@@ -195,6 +195,8 @@ pub trait Engine {
     fn stop(&self, name: &str, timeout_secs: u32) -> Result<Outcome, String>;
     /// `kill -s SIGNAL`.
     fn kill(&self, name: &str, signal: &str) -> Result<Outcome, String>;
+    /// True once the container's process runs (started, not exited).
+    fn is_running(&self, name: &str) -> bool;
     /// Waits for a container to end; its exit code.
     fn wait(&self, name: &str) -> Result<i32, String>;
     /// `rm` (`-f` with `force`).
