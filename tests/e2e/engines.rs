@@ -20,8 +20,8 @@ use husk_tests::engines::{
     self, eventually, run_bounded, run_bounded_input_after, Engine, Exec, Image, Outcome, Run,
     Runtime, Runtimes, COMMAND_TIMEOUT,
 };
+use husk_tests::husk_binary;
 use husk_tests::podman::Podman;
-use husk_tests::{env_or_skip, husk_binary};
 
 /// One engine at a time.
 static ENGINES: Mutex<()> = Mutex::new(());
@@ -520,6 +520,24 @@ fn run_suite(engine: &dyn Engine, scratch: &Path) -> Vec<String> {
     failures
 }
 
+/// The husk binary, the test config and runc, or why the suite cannot
+/// run.
+fn suite_inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
+    let (husk, config) = husk_and_config()?;
+    Ok((husk, config, runc()?))
+}
+
+/// An engine that started, or why the suite skips (the engine or an image
+/// is not installed); any other failure to start fails the test.
+fn started<T>(engine: &str, setup: Result<T, String>) -> Result<T, String> {
+    match setup {
+        Err(why) if !why.contains("not installed") && !why.contains("missing") => {
+            panic!("starting {engine}: {why}")
+        }
+        other => other,
+    }
+}
+
 /// The husk binary and the test config, or why the suite cannot run.
 fn husk_and_config() -> Result<(PathBuf, PathBuf), String> {
     let husk = husk_binary()?
@@ -562,14 +580,8 @@ fn scratch_dir() -> tempfile::TempDir {
 #[test]
 fn podman_runs_every_scenario_like_runc() {
     let _turn = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
-    let env = env_or_skip!();
-    drop(env);
-    let (husk, config) = match husk_and_config() {
+    let (husk, config, runc) = match suite_inputs() {
         Ok(found) => found,
-        Err(why) => skip!("{why}"),
-    };
-    let runc = match runc() {
-        Ok(runc) => runc,
         Err(why) => skip!("{why}"),
     };
     let mut podman = match Podman::setup() {
@@ -593,20 +605,14 @@ fn podman_runs_every_scenario_like_runc() {
 #[test]
 fn docker_runs_every_scenario_like_runc() {
     let _turn = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
-    let env = env_or_skip!();
-    drop(env);
-    let (husk, config) = match husk_and_config() {
+    let (husk, config, runc) = match suite_inputs() {
         Ok(found) => found,
         Err(why) => skip!("{why}"),
     };
-    let runc = match runc() {
-        Ok(runc) => runc,
-        Err(why) => skip!("{why}"),
-    };
-    let docker = match Docker::setup(|dir| engines::runtimes(dir, &husk, &config, &runc)) {
+    let setup = Docker::setup(|dir| engines::runtimes(dir, &husk, &config, &runc));
+    let docker = match started("docker", setup) {
         Ok(docker) => docker,
-        Err(why) if why.contains("not installed") || why.contains("missing") => skip!("{why}"),
-        Err(why) => panic!("starting docker: {why}"),
+        Err(why) => skip!("{why}"),
     };
     let scratch = scratch_dir();
 
@@ -618,20 +624,14 @@ fn docker_runs_every_scenario_like_runc() {
 #[test]
 fn containerd_runs_every_scenario_like_runc() {
     let _turn = ENGINES.lock().unwrap_or_else(|e| e.into_inner());
-    let env = env_or_skip!();
-    drop(env);
-    let (husk, config) = match husk_and_config() {
+    let (husk, config, runc) = match suite_inputs() {
         Ok(found) => found,
         Err(why) => skip!("{why}"),
     };
-    let runc = match runc() {
-        Ok(runc) => runc,
-        Err(why) => skip!("{why}"),
-    };
-    let containerd = match Containerd::setup(|dir| engines::runtimes(dir, &husk, &config, &runc)) {
+    let setup = Containerd::setup(|dir| engines::runtimes(dir, &husk, &config, &runc));
+    let containerd = match started("containerd", setup) {
         Ok(containerd) => containerd,
-        Err(why) if why.contains("not installed") || why.contains("missing") => skip!("{why}"),
-        Err(why) => panic!("starting containerd: {why}"),
+        Err(why) => skip!("{why}"),
     };
     let scratch = scratch_dir();
 

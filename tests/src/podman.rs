@@ -130,8 +130,7 @@ impl Podman {
     /// runtime) in a network namespace of the fixture's own, so the
     /// default network's bridge and firewall rules vanish with it.
     pub fn isolate_network(&mut self) -> Result<(), String> {
-        let name = self.dir.file_name().unwrap().to_string_lossy().into_owned();
-        self.netns = Some(TestNetns::create(&name)?);
+        self.netns = Some(TestNetns::for_fixture(&self.dir)?);
         Ok(())
     }
 
@@ -209,18 +208,7 @@ impl Podman {
     /// sets `env` and execs `binary` with its arguments; returns its path,
     /// for [`Podman::command`].
     pub fn wrap_runtime(&self, binary: &Path, env: &[(&str, &OsStr)]) -> io::Result<PathBuf> {
-        let name = binary.file_name().ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("runtime {} has no file name", binary.display()),
-            )
-        })?;
-        let dir = self.dir.join("runtimes");
-        fs::create_dir_all(&dir)?;
-        let path = dir.join(name);
-        fs::write(&path, runtime_wrapper_script(binary, env)?)?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
-        Ok(path)
+        write_runtime_wrapper(&self.dir, binary, env)
     }
 
     /// The ids of all containers podman knows, running or not.
@@ -258,15 +246,7 @@ impl Podman {
         // conmon outlives `podman rm` by a moment.
         engines::remove_fixture_dir(&self.dir, &mut problems);
         self.netns = None;
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "cleaning up podman in {}: {}",
-                self.dir.display(),
-                problems.join("; ")
-            ))
-        }
+        engines::cleanup_result("podman", &self.dir, problems)
     }
 }
 
@@ -360,6 +340,27 @@ fn storage_driver() -> &'static str {
 /// A TOML basic string: JSON's string escapes are a subset of TOML's.
 fn toml_string(path: &Path) -> String {
     serde_json::to_string(&path.to_string_lossy()).expect("a string serializes")
+}
+
+/// Writes `DIR/runtimes/<binary's file name>`: [`runtime_wrapper_script`]
+/// made executable; returns its path.
+pub fn write_runtime_wrapper(
+    dir: &Path,
+    binary: &Path,
+    env: &[(&str, &OsStr)],
+) -> io::Result<PathBuf> {
+    let name = binary.file_name().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("runtime {} has no file name", binary.display()),
+        )
+    })?;
+    let dir = dir.join("runtimes");
+    fs::create_dir_all(&dir)?;
+    let path = dir.join(name);
+    fs::write(&path, runtime_wrapper_script(binary, env)?)?;
+    fs::set_permissions(&path, fs::Permissions::from_mode(0o755))?;
+    Ok(path)
 }
 
 /// A `/bin/sh` script that exports `env` and execs `binary` with its

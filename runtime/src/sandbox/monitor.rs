@@ -175,9 +175,7 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         }
     }
     let root = bundle.spec.root.clone().unwrap_or_default();
-    // Writable even for a read-only root, as runc does it: mount points
-    // are made first, then the guest remounts the root read-only.
-    let mut share = Share::create(&args.dir.join("shared"), &bundle.rootfs, false)?;
+    let mut share = Share::create(&args.dir.join("shared"), &bundle.rootfs)?;
     let mounts = share.add_binds(&bundle.spec.mounts, &bundle.dir)?;
 
     let mut process = bundle.process().clone();

@@ -26,8 +26,10 @@ pub struct Share {
 }
 
 impl Share {
-    /// Creates `dir` (empty) and binds the rootfs; `readonly` binds it read-only.
-    pub fn create(dir: &Path, rootfs: &Path, readonly: bool) -> Result<Share> {
+    /// Creates `dir` (empty) and binds the rootfs, writable even for a
+    /// read-only root, as runc does it: mount points are made first, then
+    /// the guest remounts the root read-only.
+    pub fn create(dir: &Path, rootfs: &Path) -> Result<Share> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut share = Share {
             dir: dir.to_path_buf(),
@@ -35,7 +37,7 @@ impl Share {
         };
         let target = dir.join(ROOTFS);
         fs::create_dir_all(&target)?;
-        share.bind(rootfs, &target, true, readonly)?;
+        share.bind(rootfs, &target, true, false)?;
         fs::create_dir_all(dir.join(MOUNTS))?;
         Ok(share)
     }

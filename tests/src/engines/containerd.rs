@@ -16,8 +16,8 @@ use std::time::Duration;
 
 use super::daemon::{Daemon, TestNetns};
 use super::{
-    create_fixture_dir, eventually, images, remove_fixture_dir, require_root_and, run_bounded,
-    run_ok, Engine, Exec, Image, Outcome, Run, Runtime, Runtimes, COMMAND_TIMEOUT,
+    cleanup_result, create_fixture_dir, eventually, images, remove_fixture_dir, require_root_and,
+    run_bounded, run_ok, Engine, Exec, Image, Outcome, Run, Runtime, Runtimes, COMMAND_TIMEOUT,
 };
 
 /// Fixture directories are `<DIR_PREFIX><pid>-<n>`.
@@ -67,13 +67,7 @@ impl Containerd {
         let config = fixture.dir.join("config.toml");
         std::fs::write(&config, config_toml(&fixture.dir))
             .map_err(|e| format!("writing {}: {e}", config.display()))?;
-        let name = fixture
-            .dir
-            .file_name()
-            .unwrap()
-            .to_string_lossy()
-            .into_owned();
-        let netns = fixture.netns.insert(TestNetns::create(&name)?);
+        let netns = fixture.netns.insert(TestNetns::for_fixture(&fixture.dir)?);
         let mut command = Command::new(CONTAINERD);
         command.arg("--config").arg(&config);
         netns.enter(&mut command)?;
@@ -177,15 +171,7 @@ impl Containerd {
         for hierarchy in husk::sandbox::host_cgroup::hierarchies() {
             let _ = std::fs::remove_dir(hierarchy.join(NAMESPACE));
         }
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "cleaning up containerd in {}: {}",
-                self.dir.display(),
-                problems.join("; ")
-            ))
-        }
+        cleanup_result("containerd", &self.dir, problems)
     }
 }
 

@@ -34,6 +34,15 @@ impl TestNetns {
         })
     }
 
+    /// The namespace of the fixture in `dir`, named like the directory
+    /// (`husk-docker-<pid>-<n>`).
+    pub fn for_fixture(dir: &Path) -> Result<TestNetns, String> {
+        let name = dir
+            .file_name()
+            .ok_or_else(|| format!("fixture directory {} has no name", dir.display()))?;
+        TestNetns::create(&name.to_string_lossy())
+    }
+
     /// The namespace's file.
     pub fn path(&self) -> PathBuf {
         PathBuf::from("/run/netns").join(&self.name)

@@ -9,7 +9,10 @@ use std::process::Command;
 
 use super::daemon::{Daemon, TestNetns};
 use super::docker_cli::{DockerCli, RuntimeChoice};
-use super::{create_fixture_dir, images, remove_fixture_dir, require_root_and, Image, Runtimes};
+use super::{
+    cleanup_result, create_fixture_dir, images, remove_fixture_dir, require_root_and, Image,
+    Runtimes,
+};
 
 /// Fixture directories are `<DIR_PREFIX><pid>-<n>`.
 pub const DIR_PREFIX: &str = "/var/tmp/husk-docker-";
@@ -64,9 +67,7 @@ impl Docker {
         let config = docker.dir.join("daemon.json");
         std::fs::write(&config, daemon_json(&docker.dir, &runtimes.husk))
             .map_err(|e| format!("writing {}: {e}", config.display()))?;
-        let netns = docker
-            .netns
-            .insert(TestNetns::create(&netns_name(&docker.dir))?);
+        let netns = docker.netns.insert(TestNetns::for_fixture(&docker.dir)?);
         let mut command = Command::new(DOCKERD);
         command.arg("--config-file").arg(&config);
         netns.enter(&mut command)?;
@@ -120,15 +121,7 @@ impl Docker {
         }
         remove_fixture_dir(&self.dir, &mut problems);
         self.netns = None;
-        if problems.is_empty() {
-            Ok(())
-        } else {
-            Err(format!(
-                "cleaning up docker in {}: {}",
-                self.dir.display(),
-                problems.join("; ")
-            ))
-        }
+        cleanup_result("docker", &self.dir, problems)
     }
 }
 
@@ -140,13 +133,6 @@ impl Drop for Docker {
             }
         }
     }
-}
-
-/// `husk-docker-<pid>-<n>` for the fixture in `dir`.
-fn netns_name(dir: &Path) -> String {
-    dir.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "husk-docker".into())
 }
 
 /// The daemon.json of a fixture in `dir` with husk at `husk`.

@@ -407,20 +407,26 @@ pub fn remove_fixture_dir(dir: &Path, problems: &mut Vec<String>) {
 /// Writes the husk wrapper (`DIR/runtimes/husk`) that sets `HUSK_CONFIG`
 /// for the husk binary; returns both runtimes.
 pub fn runtimes(dir: &Path, husk: &Path, config: &Path, runc: &Path) -> Result<Runtimes, String> {
-    use std::os::unix::fs::PermissionsExt;
-    let runtimes = dir.join("runtimes");
-    std::fs::create_dir_all(&runtimes).map_err(|e| e.to_string())?;
-    let wrapper = runtimes.join("husk");
-    let script =
-        crate::podman::runtime_wrapper_script(husk, &[("HUSK_CONFIG", config.as_os_str())])
-            .map_err(|e| e.to_string())?;
-    std::fs::write(&wrapper, script).map_err(|e| format!("writing {}: {e}", wrapper.display()))?;
-    std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
-        .map_err(|e| e.to_string())?;
+    let wrapper =
+        crate::podman::write_runtime_wrapper(dir, husk, &[("HUSK_CONFIG", config.as_os_str())])
+            .map_err(|e| format!("writing the husk wrapper in {}: {e}", dir.display()))?;
     Ok(Runtimes {
         runc: runc.to_path_buf(),
         husk: wrapper,
     })
+}
+
+/// `Ok` without problems, else one error naming the fixture.
+pub fn cleanup_result(engine: &str, dir: &Path, problems: Vec<String>) -> Result<(), String> {
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "cleaning up {engine} in {}: {}",
+            dir.display(),
+            problems.join("; ")
+        ))
+    }
 }
 
 #[cfg(test)]
