@@ -3,7 +3,8 @@
 #   - Debian packages: QEMU, the kernel source and its build tools, the
 #     libraries virtiofsd links against; the engines the engine suite drives
 #     (podman with netavark, docker.io, containerd), runc (the baseline),
-#     busybox-static and debootstrap for the test images;
+#     busybox-static and debootstrap for the test images; cpio and kmod for
+#     the nested KVM test host's initramfs (hack/kvm-testhost.sh);
 #   - virtiofsd and vhost-device-vsock from crates.io, pinned, into
 #     /usr/local/libexec/husk (husk's default helper paths).
 # A second run with everything in place takes about a second.
@@ -19,7 +20,7 @@ log() { echo "install-deps: $*" >&2; }
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc xz-utils
     libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config
     podman conmon catatonit runc uidmap golang-github-containers-common busybox-static
-    netavark aardvark-dns iptables docker.io containerd debootstrap)
+    netavark aardvark-dns iptables docker.io containerd debootstrap cpio kmod)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

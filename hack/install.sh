@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Builds husk, the guest kernel and the initramfs, and installs them:
-#   /usr/local/bin/husk
+#   /usr/local/bin/{husk,husk-vmm}  (husk-vmm: the builtin KVM monitor)
 #   /usr/local/share/husk/{vmlinux,initramfs.cpio}
 #   /usr/local/libexec/husk/{virtiofsd,vhost-device-vsock}  (install-deps.sh)
 # husk's built-in defaults point at these paths, so no config file is needed.
@@ -23,6 +23,7 @@ mkdir -p "$share" "$bindir"
 install -m 0644 "$kernel" "$share/vmlinux"
 install -m 0644 "$initramfs" "$share/initramfs.cpio"
 install -m 0755 "$repo/target/release/husk" "$bindir/husk"
+install -m 0755 "$repo/target/release/husk-vmm" "$bindir/husk-vmm"
 echo "install: husk $("$bindir/husk" --version | cut -d' ' -f2) in $bindir, guest in $share" >&2
 "$bindir/husk" register-engines --husk "$bindir/husk" >&2
 # dockerd rereads its runtimes on SIGHUP; containerd needs a restart.

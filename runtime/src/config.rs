@@ -91,6 +91,9 @@ pub struct Config {
     pub virtiofsd: PathBuf,
     /// The vhost-user vsock backend (vhost-device-vsock).
     pub vsock_backend: PathBuf,
+    /// The builtin monitor: a path, or `husk-vmm` (looked up next to the
+    /// husk binary, then in $PATH).
+    pub vmm: PathBuf,
     /// Default vCPUs per VM.
     pub vcpus: u32,
     /// Default guest memory in MiB.
@@ -111,6 +114,7 @@ impl Default for Config {
             qemu: "qemu-system-x86_64".into(),
             virtiofsd: Path::new(DEFAULT_LIBEXEC_DIR).join("virtiofsd"),
             vsock_backend: Path::new(DEFAULT_LIBEXEC_DIR).join("vhost-device-vsock"),
+            vmm: "husk-vmm".into(),
             vcpus: 1,
             memory_mib: 256,
             boot_timeout_ms: 30_000,

@@ -7,6 +7,13 @@
 //! virtiofsd or vsock (launch -> init ready -> VM gone). The difference
 //! between the two is what husk adds over the unavoidable boot.
 //!
+//! `husk-bench backends --runs N`: N boots to the agent's hello with the
+//! builtin monitor alternating with N under QEMU (`-accel kvm -M microvm`),
+//! same kernel, initramfs and share; plus the builtin monitor's time from
+//! start to the first vCPU entry and each monitor's host memory overhead
+//! (RSS minus the guest memory the guest touched). Needs hardware KVM:
+//! `hack/bench-builtin` runs it inside the KVM test host.
+//!
 //! `husk-bench run --runs N --bundle DIR --husk BIN`: N times `husk run` of
 //! the bundle end to end (create, boot, start, exit, delete), alternating
 //! with N boots to the agent's hello, the floor any container start pays.
@@ -21,6 +28,7 @@ use clap::{Parser, Subcommand};
 use husk::config::Config;
 use husk::guest::Guest;
 use husk::host::Virtualization;
+use husk::hypervisor::builtin::{self, BuiltinBackend};
 use husk::hypervisor::{self, qemu::QemuBackend, VmConfig};
 use husk_protocol::{Request, Response};
 
@@ -44,6 +52,12 @@ enum Bench {
         /// Initramfs whose /init is husk-bare-init.
         #[arg(long)]
         bare_initramfs: PathBuf,
+    },
+    /// Builtin monitor against QEMU with KVM, same guest.
+    Backends {
+        /// Boots of each kind.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
     },
     /// `husk run` of a bundle end to end, next to the agent-hello boot time.
     Run {
@@ -97,7 +111,111 @@ fn main() -> Result<()> {
             bare_initramfs,
         } => bench_boot(runs, bare_initramfs),
         Bench::Run { runs, bundle, husk } => bench_run(runs, bundle, husk),
+        Bench::Backends { runs } => bench_backends(runs),
     }
+}
+
+/// Host memory a monitor uses beyond guest RAM: its resident set minus the
+/// shared memfd pages (the guest memory the guest touched).
+fn monitor_overhead(pid: u32) -> Result<Duration> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let kib = |key: &str| -> Result<u64> {
+        let line = status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .with_context(|| format!("no {key} in /proc/{pid}/status"))?;
+        Ok(line
+            .split_whitespace()
+            .nth(1)
+            .context("malformed status line")?
+            .parse()?)
+    };
+    // Returned as a Duration of "microseconds = KiB" so Samples can sort it.
+    Ok(Duration::from_micros(kib("VmRSS:")? - kib("RssShmem:")?))
+}
+
+fn bench_backends(runs: usize) -> Result<()> {
+    anyhow::ensure!(runs > 0, "--runs must be at least 1");
+    let (config, _) = Config::load()?;
+    let host = Virtualization::probe();
+    anyhow::ensure!(
+        matches!(host, Virtualization::Hardware { .. }),
+        "this benchmark needs hardware KVM, but {}",
+        host.describe()
+    );
+    let builtin = BuiltinBackend::from_config(&config);
+    let qemu = QemuBackend::from_config(&config, true);
+    let timeout = Duration::from_millis(config.boot_timeout_ms);
+    println!(
+        "kernel: {}\nmemory: {} MiB, {} vCPU\nruns: {runs} of each, alternating\n",
+        config.kernel.display(),
+        config.memory_mib,
+        config.vcpus
+    );
+    let [mut b_hello, mut q_hello, mut b_entry, mut b_rss, mut q_rss] =
+        std::array::from_fn(|_| Samples::default());
+    for run in 0..runs {
+        for (name, backend) in [
+            ("builtin", &builtin as &dyn hypervisor::Hypervisor),
+            ("qemu", &qemu),
+        ] {
+            let state = tempfile::Builder::new().prefix("husk-bench-").tempdir()?;
+            let shared = state.path().join("shared");
+            std::fs::create_dir(&shared)?;
+            let vm = VmConfig::from_config(&config, state.path(), &shared);
+            let mut guest =
+                Guest::boot(backend, &vm, timeout).with_context(|| format!("{name} boot {run}"))?;
+            match guest.agent().request(Request::Ping, timeout)? {
+                Response::Pong { .. } => {}
+                other => bail!("ping answered with {other:?}"),
+            }
+            let overhead = monitor_overhead(guest.vm().pid())?;
+            if name == "builtin" {
+                b_hello.0.push(guest.timings.hello);
+                b_rss.0.push(overhead);
+                let timing =
+                    husk_vmm::control::request(&builtin::control_socket(&vm), "timing", timeout)?;
+                let us: u64 = timing
+                    .strip_prefix("first-entry-us ")
+                    .and_then(|v| v.parse().ok())
+                    .with_context(|| format!("unexpected timing answer {timing:?}"))?;
+                b_entry.0.push(Duration::from_micros(us));
+            } else {
+                q_hello.0.push(guest.timings.hello);
+                q_rss.0.push(overhead);
+            }
+            guest.shutdown(timeout)?;
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    println!("{:<40}{:>10}{:>10}{:>10}", "ms", "min", "median", "max");
+    println!("{}", b_hello.row("builtin: boot to agent hello"));
+    println!("{}", q_hello.row("qemu -accel kvm: boot to agent hello"));
+    println!(
+        "{}",
+        b_entry.row("builtin: monitor start to 1st vCPU entry")
+    );
+    println!(
+        "\nbuiltin / qemu median boot to hello: {:.2}",
+        b_hello.median().as_secs_f64() / q_hello.median().as_secs_f64()
+    );
+    println!(
+        "\n{:<40}{:>10}{:>10}{:>10}",
+        "monitor RSS beyond guest memory (KiB)", "min", "median", "max"
+    );
+    let kib_row = |s: &Samples, name: &str| {
+        let v = s.sorted();
+        format!(
+            "{name:<40}{:>10}{:>10}{:>10}",
+            v[0].as_micros(),
+            s.median().as_micros(),
+            v[v.len() - 1].as_micros()
+        )
+    };
+    println!("{}", kib_row(&b_rss, "builtin (husk-vmm)"));
+    println!("{}", kib_row(&q_rss, "qemu (without its helpers)"));
+    Ok(())
 }
 
 /// The config, the qemu backend the host allows, and the boot timeout;

@@ -7,9 +7,10 @@
 //! connection to host port P arrives on the Unix socket `<vsock_uds>_P`.
 //! Stopping a `Vm` stops every process it started and removes its sockets.
 //!
-//! Backends: [`qemu`] (QEMU microvm, KVM or TCG). The builtin KVM monitor
-//! comes next behind the same trait.
+//! Backends: [`builtin`] (our own KVM monitor, `husk-vmm`; the default with
+//! hardware KVM) and [`qemu`] (QEMU microvm, KVM or TCG).
 
+pub mod builtin;
 pub mod qemu;
 pub mod vhost_user;
 
@@ -169,6 +170,21 @@ pub trait Vm: Send {
     /// sockets. Idempotent.
     fn stop(&mut self) -> Result<VmExit, HypervisorError>;
 
+    /// Parks every vCPU (the guest stops running; its memory and devices
+    /// stay). Only the builtin backend supports it.
+    fn pause_vcpus(&mut self) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(
+            "pausing vCPUs needs the builtin backend".into(),
+        ))
+    }
+
+    /// Runs paused vCPUs again.
+    fn resume_vcpus(&mut self) -> Result<(), HypervisorError> {
+        Err(HypervisorError::Unsupported(
+            "resuming vCPUs needs the builtin backend".into(),
+        ))
+    }
+
     /// Waits up to `timeout` for the VM to end by itself.
     fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<VmExit>, HypervisorError> {
         let deadline = Instant::now() + timeout;
@@ -221,19 +237,40 @@ pub fn use_kvm(config: &Config, host: &Virtualization) -> Result<(bool, String),
     Ok((use_kvm, accel_reason))
 }
 
-/// Picks the backend from the configuration and what the host offers.
+/// Picks the backend from the configuration and what the host offers:
+/// builtin when the host has hardware KVM and the monitor binary is there,
+/// else QEMU (with KVM or TCG).
 pub fn select(config: &Config, host: &Virtualization) -> Result<Selection, HypervisorError> {
+    let hardware = matches!(host, Virtualization::Hardware { .. });
+    let builtin = builtin::BuiltinBackend::from_config(config);
+    let backend_reason = match config.backend {
+        BackendChoice::Builtin if !hardware => {
+            return Err(HypervisorError::Unsupported(format!(
+                "backend = \"builtin\" needs hardware KVM (vmx or svm) but {}; \
+                 use backend = \"qemu\" or \"auto\"",
+                host.describe()
+            )))
+        }
+        BackendChoice::Builtin => {
+            builtin.vmm_binary()?;
+            return Ok(Selection {
+                reason: format!("backend = \"builtin\" in the config; {}", host.describe()),
+                hypervisor: Box::new(builtin),
+            });
+        }
+        BackendChoice::Auto if hardware => match builtin.vmm_binary() {
+            Ok(_) => {
+                return Ok(Selection {
+                    reason: format!("{}: the builtin monitor", host.describe()),
+                    hypervisor: Box::new(builtin),
+                })
+            }
+            Err(e) => format!("the builtin monitor is not installed ({e})"),
+        },
+        BackendChoice::Auto => "the builtin monitor needs hardware KVM".into(),
+        BackendChoice::Qemu => "backend = \"qemu\" in the config".into(),
+    };
     let (use_kvm, accel_reason) = use_kvm(config, host)?;
-    let backend_reason =
-        match config.backend {
-            BackendChoice::Builtin => return Err(HypervisorError::Unsupported(
-                "backend = \"builtin\": the builtin KVM monitor is not part of this build yet; \
-                 use backend = \"qemu\" or \"auto\""
-                    .into(),
-            )),
-            BackendChoice::Qemu => "backend = \"qemu\" in the config",
-            BackendChoice::Auto => "the builtin monitor is not part of this build yet",
-        };
     let hypervisor = qemu::QemuBackend::from_config(config, use_kvm);
     Ok(Selection {
         reason: format!("{backend_reason}; {accel_reason}"),
@@ -266,10 +303,29 @@ mod tests {
     }
 
     #[test]
-    fn hardware_host_gets_kvm() {
+    fn hardware_host_gets_qemu_kvm_when_asked() {
         let host = Virtualization::Hardware { cpu_flag: "svm" };
-        let s = select(&config(Accel::Auto, BackendChoice::Auto), &host).unwrap();
+        let s = select(&config(Accel::Auto, BackendChoice::Qemu), &host).unwrap();
         assert_eq!(s.hypervisor.name(), "qemu (KVM)");
+    }
+
+    #[test]
+    fn hardware_host_gets_builtin_by_default() {
+        let host = Virtualization::Hardware { cpu_flag: "svm" };
+        let mut config = config(Accel::Auto, BackendChoice::Auto);
+        config.vmm = "/bin/sh".into();
+        let s = select(&config, &host).unwrap();
+        assert_eq!(s.hypervisor.name(), "builtin (KVM)");
+    }
+
+    #[test]
+    fn hardware_host_without_the_monitor_falls_back_to_qemu_and_says_why() {
+        let host = Virtualization::Hardware { cpu_flag: "vmx" };
+        let mut config = config(Accel::Auto, BackendChoice::Auto);
+        config.vmm = "/nonexistent/husk-vmm".into();
+        let s = select(&config, &host).unwrap();
+        assert_eq!(s.hypervisor.name(), "qemu (KVM)");
+        assert!(s.reason.contains("/nonexistent/husk-vmm"), "{}", s.reason);
     }
 
     #[test]
@@ -284,7 +340,7 @@ mod tests {
     }
 
     #[test]
-    fn builtin_backend_is_refused_with_a_way_out() {
+    fn builtin_backend_without_hardware_kvm_is_refused_with_a_way_out() {
         let err = select(
             &config(Accel::Auto, BackendChoice::Builtin),
             &Virtualization::Pvm,

@@ -1,0 +1,23 @@
+//! husk's builtin microVM monitor: one KVM virtual machine per process, built
+//! on rust-vmm crates and knowing nothing of OCI.
+//!
+//! The boot recipe lives in [`builder`]: guest memory in a shared memfd (so
+//! vhost-user backends can map it) → VM with the in-kernel irqchip → devices
+//! on virtio-mmio → `vmlinux` loaded through its PVH entry with the command
+//! line, initramfs and memory map → vCPU threads. [`Vmm`] is the running
+//! machine: it can be paused, resumed and stopped, and it reports how the
+//! guest ended.
+//!
+//! Everything the guest writes (MMIO accesses, descriptors, vsock packets) is
+//! untrusted: a bad access is logged and ignored or resets the device, it
+//! never panics the monitor.
+
+pub mod arch;
+pub mod builder;
+pub mod control;
+pub mod devices;
+pub mod vstate;
+
+pub use builder::{build_and_boot, BuildError, VmmConfig};
+pub use vstate::vcpu::{RunState, VmExit};
+pub use vstate::Vmm;

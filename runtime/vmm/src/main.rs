@@ -1,0 +1,140 @@
+//! `husk-vmm`: runs one microVM until the guest ends or the host says stop.
+//!
+//! The husk runtime starts one per container with the kernel, initramfs,
+//! sockets and console log of that sandbox; see [`husk_vmm::builder`]. Exit
+//! status: 0 when the guest rebooted, powered off or was stopped through the
+//! control socket, 1 when building the VM failed or the VM crashed.
+
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixListener;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use anyhow::{Context, Result};
+use clap::Parser;
+use husk_vmm::control::{self, Followup};
+use husk_vmm::{build_and_boot, VmExit, VmmConfig};
+
+/// Runs one KVM microVM.
+#[derive(Parser, Debug)]
+#[command(name = "husk-vmm", version)]
+struct Args {
+    /// Uncompressed vmlinux with a PVH entry.
+    #[arg(long)]
+    kernel: PathBuf,
+    /// Initramfs.
+    #[arg(long)]
+    initramfs: PathBuf,
+    /// Kernel command line.
+    #[arg(long, default_value = "console=ttyS0")]
+    cmdline: String,
+    /// Number of vCPUs.
+    #[arg(long, default_value_t = 1)]
+    vcpus: u8,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// Where the serial console is written.
+    #[arg(long)]
+    console_log: PathBuf,
+    /// vsock base Unix socket (guest connections to port P go to <path>_P).
+    #[arg(long)]
+    vsock_uds: Option<PathBuf>,
+    /// The guest's vsock context id.
+    #[arg(long, default_value_t = 3)]
+    cid: u64,
+    /// virtio-fs vhost-user backend socket.
+    #[arg(long, requires = "fs_tag")]
+    fs_socket: Option<PathBuf>,
+    /// virtio-fs tag.
+    #[arg(long)]
+    fs_tag: Option<String>,
+    /// Leave out virtio-rng.
+    #[arg(long)]
+    no_rng: bool,
+    /// Control socket (pause, resume, stop, state, timing).
+    #[arg(long)]
+    control_socket: Option<PathBuf>,
+}
+
+fn main() {
+    let started = Instant::now();
+    let args = Args::parse();
+    match run(args, started) {
+        Ok(exit) => {
+            eprintln!("husk-vmm: {exit}");
+            std::process::exit(match exit {
+                VmExit::Crashed(_) => 1,
+                _ => 0,
+            });
+        }
+        Err(e) => {
+            eprintln!("husk-vmm: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
+fn run(args: Args, started: Instant) -> Result<VmExit> {
+    let control = args
+        .control_socket
+        .as_ref()
+        .map(|path| {
+            let _ = std::fs::remove_file(path);
+            UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
+        })
+        .transpose()?;
+    let config = VmmConfig {
+        kernel: args.kernel,
+        initramfs: args.initramfs,
+        cmdline: args.cmdline,
+        vcpus: args.vcpus,
+        memory_mib: args.memory_mib,
+        console_log: args.console_log,
+        vsock: args.vsock_uds.map(|uds| (args.cid, uds)),
+        fs: args.fs_socket.zip(args.fs_tag),
+        rng: !args.no_rng,
+    };
+    let mut vmm = build_and_boot(&config, started)?;
+    let exit_fd = vmm.exit_event().as_raw_fd();
+    loop {
+        let mut fds = vec![libc::pollfd {
+            fd: exit_fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        if let Some(listener) = &control {
+            fds.push(libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        // SAFETY: `fds` is a valid array of pollfd of the given length.
+        let ready = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, -1) };
+        if ready < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e).context("waiting for the VM");
+        }
+        if fds[0].revents != 0 {
+            break;
+        }
+        if let (Some(listener), Some(fd)) = (&control, fds.get(1)) {
+            if fd.revents != 0 {
+                if let Ok((stream, _)) = listener.accept() {
+                    if control::serve(&vmm, stream) == Followup::Stop {
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    let exit = vmm.stop();
+    if let Some(path) = &args.control_socket {
+        let _ = std::fs::remove_file(path);
+    }
+    Ok(exit)
+}
