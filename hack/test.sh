@@ -41,12 +41,11 @@ cargo test --locked --workspace -- --test-threads=2
 
 step "builtin backend: boot, cli and builtin suites with real KVM"
 mapfile -t suites < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test builtin \
-    --no-run --message-format=json | python3 -c '
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("reason") == "compiler-artifact" and m.get("executable"):
-        print(m["executable"])')
+    --no-run --message-format=json | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+if ((${#suites[@]} != 3)); then
+    echo "test.sh: expected the boot, cli and builtin test binaries, got: ${suites[*]}" >&2
+    exit 1
+fi
 run_suites='for suite; do echo "=== $suite"; "$suite" --test-threads=1 || exit 1; done'
 if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc/cpuinfo; then
     HUSK_TEST_CONFIG=$builtin_config sh -c "$run_suites" sh "${suites[@]}"
