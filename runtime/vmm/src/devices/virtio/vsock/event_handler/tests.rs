@@ -273,6 +273,10 @@ fn a_large_transfer_from_a_guest_within_our_credit_arrives_intact() {
     let env = Env::new();
     let mut vsock = env.driver();
     let host = connect_from_guest(&env, &mut vsock, GUEST_BUF_ALLOC);
+    // The whole transfer may take long on a loaded machine (debug build):
+    // the reader waits as long as the sender's deadline.
+    host.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
     let reader = std::thread::spawn(move || {
         let mut host = host;
         let mut data = Vec::new();
