@@ -51,7 +51,11 @@ if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc
     HUSK_TEST_CONFIG=$builtin_config sh -c "$run_suites" sh "${suites[@]}"
 else
     echo "test.sh: /dev/kvm here is not hardware KVM; running the suites in the KVM test host" >&2
-    hack/kvm-testhost.sh --silence 180 --env "HUSK_TEST_CONFIG=$builtin_config" \
+    # The test host sees the host's / read-only but has its own empty /tmp,
+    # /run and /var/tmp: a checkout there is shared explicitly.
+    share=()
+    case $repo/ in /tmp/* | /run/* | /var/tmp/*) share=(--writable "$repo") ;; esac
+    hack/kvm-testhost.sh --silence 180 "${share[@]}" --env "HUSK_TEST_CONFIG=$builtin_config" \
         -- sh -c "$run_suites" sh "${suites[@]}"
 fi
 
