@@ -9,8 +9,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::config::{resolve_binary, Config};
-use crate::process::ChildGuard;
 
+use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
 use super::{Hypervisor, HypervisorError, Vm, VmConfig, VmExit, GUEST_CID};
 
@@ -101,50 +101,32 @@ impl Hypervisor for BuiltinBackend {
         let fs = vhost_user::start_virtiofsd(&virtiofsd, &config.shared_dir, &config.state_dir)?;
         let mut cmd = Command::new(vmm);
         cmd.args(self.vmm_args(config, &fs.socket));
-        let log = config.state_dir.join("vmm.log");
-        let process =
-            ChildGuard::spawn(VMM_BINARY, cmd, &log).map_err(|source| HypervisorError::Spawn {
-                what: VMM_BINARY,
-                source,
-            })?;
+        let process = MonitorProcess::spawn(
+            VMM_BINARY,
+            cmd,
+            &config.state_dir.join("vmm.log"),
+            LogTail::Always,
+        )?;
         Ok(Box::new(BuiltinVm {
             process,
             fs,
             vsock_uds: config.vsock_uds(),
             console_log: config.console_log(),
             control: control_socket(config),
-            log,
-            exit: None,
         }))
     }
 }
 
 /// A VM run by a husk-vmm process and its virtiofsd.
 struct BuiltinVm {
-    process: ChildGuard,
+    process: MonitorProcess,
     fs: Backend,
     vsock_uds: PathBuf,
     console_log: PathBuf,
     control: PathBuf,
-    log: PathBuf,
-    exit: Option<VmExit>,
 }
 
 impl BuiltinVm {
-    fn describe_exit(&self, status: std::process::ExitStatus) -> VmExit {
-        // The monitor's last line says how the guest ended.
-        let log = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let last = log.lines().rev().find(|l| !l.trim().is_empty());
-        let description = match last {
-            Some(line) => format!(
-                "husk-vmm {status}: {}",
-                line.trim_start_matches("husk-vmm: ")
-            ),
-            None => format!("husk-vmm {status}"),
-        };
-        VmExit { description }
-    }
-
     fn control(&self, request: &str) -> Result<String, HypervisorError> {
         husk_vmm::control::request(&self.control, request, CONTROL_TIMEOUT)
             .map_err(HypervisorError::Wait)
@@ -165,23 +147,15 @@ impl Vm for BuiltinVm {
     }
 
     fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError> {
-        if self.exit.is_none() {
-            if let Some(status) = self.process.try_wait().map_err(HypervisorError::Wait)? {
-                self.exit = Some(self.describe_exit(status));
-            }
-        }
-        Ok(self.exit.clone())
+        self.process.try_wait()
     }
 
     fn stop(&mut self) -> Result<VmExit, HypervisorError> {
-        let status = self.process.kill().map_err(HypervisorError::Wait)?;
-        if self.exit.is_none() {
-            self.exit = Some(self.describe_exit(status));
-        }
+        let exit = self.process.kill()?;
         self.fs.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
         let _ = std::fs::remove_file(&self.vsock_uds);
         let _ = std::fs::remove_file(&self.control);
-        Ok(self.exit.clone().expect("set above"))
+        Ok(exit)
     }
 
     fn pause_vcpus(&mut self) -> Result<(), HypervisorError> {

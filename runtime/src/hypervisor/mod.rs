@@ -11,6 +11,7 @@
 //! hardware KVM) and [`qemu`] (QEMU microvm, KVM or TCG).
 
 pub mod builtin;
+pub mod monitor_process;
 pub mod qemu;
 pub mod vhost_user;
 

@@ -14,8 +14,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::config::{resolve_binary, Config};
-use crate::process::ChildGuard;
 
+use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
 use super::{Hypervisor, HypervisorError, Vm, VmConfig, VmExit, GUEST_CID};
 
@@ -141,46 +141,29 @@ impl Hypervisor for QemuBackend {
 
         let mut cmd = Command::new(qemu);
         cmd.args(self.qemu_args(config, &fs.socket, &vsock.socket));
-        let process = ChildGuard::spawn("qemu", cmd, &config.state_dir.join("qemu.log")).map_err(
-            |source| HypervisorError::Spawn {
-                what: "qemu",
-                source,
-            },
+        let qemu = MonitorProcess::spawn(
+            "qemu",
+            cmd,
+            &config.state_dir.join("qemu.log"),
+            LogTail::OnFailure,
         )?;
         Ok(Box::new(QemuVm {
-            qemu: process,
+            qemu,
             fs,
             vsock,
             vsock_uds,
             console_log: config.console_log(),
-            qemu_log: config.state_dir.join("qemu.log"),
-            exit: None,
         }))
     }
 }
 
 /// A VM run by a QEMU process and its two vhost-user helpers.
 struct QemuVm {
-    qemu: ChildGuard,
+    qemu: MonitorProcess,
     fs: Backend,
     vsock: Backend,
     vsock_uds: PathBuf,
     console_log: PathBuf,
-    qemu_log: PathBuf,
-    exit: Option<VmExit>,
-}
-
-impl QemuVm {
-    fn describe_exit(&self, status: std::process::ExitStatus) -> VmExit {
-        let mut description = format!("qemu {status}");
-        if !status.success() {
-            let log = std::fs::read_to_string(&self.qemu_log).unwrap_or_default();
-            if let Some(last) = log.lines().rev().find(|l| !l.trim().is_empty()) {
-                description.push_str(&format!(": {last}"));
-            }
-        }
-        VmExit { description }
-    }
 }
 
 impl Vm for QemuVm {
@@ -197,19 +180,11 @@ impl Vm for QemuVm {
     }
 
     fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError> {
-        if self.exit.is_none() {
-            if let Some(status) = self.qemu.try_wait().map_err(HypervisorError::Wait)? {
-                self.exit = Some(self.describe_exit(status));
-            }
-        }
-        Ok(self.exit.clone())
+        self.qemu.try_wait()
     }
 
     fn stop(&mut self) -> Result<VmExit, HypervisorError> {
-        let status = self.qemu.kill().map_err(HypervisorError::Wait)?;
-        if self.exit.is_none() {
-            self.exit = Some(self.describe_exit(status));
-        }
+        let exit = self.qemu.kill()?;
         // virtiofsd exits by itself once QEMU is gone; the vsock backend
         // would wait for the next VMM forever.
         self.fs.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
@@ -217,7 +192,7 @@ impl Vm for QemuVm {
             .stop(Duration::ZERO)
             .map_err(HypervisorError::Wait)?;
         let _ = std::fs::remove_file(&self.vsock_uds);
-        Ok(self.exit.clone().expect("set above"))
+        Ok(exit)
     }
 }
 

@@ -12,7 +12,6 @@
 //! 7. vCPU threads start; the guest runs.
 
 use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -313,19 +312,17 @@ fn load_initramfs(memory: &GuestMemory, path: &Path) -> Result<(GuestAddress, u6
         path: path.to_path_buf(),
         message,
     };
-    let mut bytes = Vec::new();
-    File::open(path)
-        .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| err(e.to_string()))?;
+    let mut file = File::open(path).map_err(|e| err(e.to_string()))?;
+    let size = file.metadata().map_err(|e| err(e.to_string()))?.len();
     let low_end = memory.last_addr().0.saturating_add(1).min(MMIO_GAP_START);
-    let size = bytes.len() as u64;
     let addr = low_end
         .checked_sub(size)
         .map(|a| a & !0xfff)
         .filter(|a| *a >= HIMEM_START)
         .ok_or_else(|| err(format!("{size} bytes do not fit in guest memory")))?;
+    // Straight from the file into guest memory, no copy in between.
     memory
-        .write_slice(&bytes, GuestAddress(addr))
+        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
         .map_err(|e| err(e.to_string()))?;
     Ok((GuestAddress(addr), size))
 }

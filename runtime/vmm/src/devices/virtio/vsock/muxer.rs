@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use vmm_sys_util::epoll::EventSet;
 
-use super::connection::{Connection, ResetReason, State};
+use super::connection::{Connection, ResetReason};
 use super::packet::{Header, Op, TYPE_STREAM};
 use super::{VsockError, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS};
 use crate::devices::virtio::worker::Poller;
@@ -329,7 +329,7 @@ impl Muxer {
         let done: Vec<Key> = self
             .conns
             .iter()
-            .filter(|(_, c)| c.is_done() || (c.state() == State::Closed && !c.wants_rx()))
+            .filter(|(_, c)| c.is_done())
             .map(|(k, _)| *k)
             .collect();
         for key in done {
