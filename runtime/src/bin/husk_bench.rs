@@ -58,6 +58,14 @@ enum Bench {
         /// Boots of each kind.
         #[arg(long, default_value_t = 10)]
         runs: usize,
+        /// Before each boot (untimed), fill and free this many MiB of shared
+        /// memory, so that every boot starts from the same host page state.
+        /// For the nested test host: its emulated CPU makes the first writes
+        /// to pages a previous VM ran code from slow (it drops what it
+        /// translated from them), and that cost lands on whichever process
+        /// allocates next. 0 leaves the pages as the last VM left them.
+        #[arg(long, default_value_t = 0)]
+        recycle_mib: usize,
     },
     /// `husk run` of a bundle end to end, next to the agent-hello boot time.
     Run {
@@ -111,7 +119,7 @@ fn main() -> Result<()> {
             bare_initramfs,
         } => bench_boot(runs, bare_initramfs),
         Bench::Run { runs, bundle, husk } => bench_run(runs, bundle, husk),
-        Bench::Backends { runs } => bench_backends(runs),
+        Bench::Backends { runs, recycle_mib } => bench_backends(runs, recycle_mib),
     }
 }
 
@@ -134,7 +142,26 @@ fn monitor_overhead(pid: u32) -> Result<Duration> {
     Ok(Duration::from_micros(kib("VmRSS:")? - kib("RssShmem:")?))
 }
 
-fn bench_backends(runs: usize) -> Result<()> {
+/// Writes `mib` MiB into a fresh memfd and frees it again: the host's
+/// recently freed pages are allocated, written and returned.
+fn recycle_host_pages(mib: usize) -> Result<()> {
+    use std::io::Write;
+    let mut file = std::fs::File::from(
+        nix::sys::memfd::memfd_create(
+            c"husk-bench-recycle",
+            nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC,
+        )
+        .context("memfd_create")?,
+    );
+    let chunk = vec![0x5a_u8; 1 << 20];
+    for _ in 0..mib {
+        file.write_all(&chunk)
+            .context("filling the recycle memfd")?;
+    }
+    Ok(())
+}
+
+fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let (config, _) = Config::load()?;
     let host = Virtualization::probe();
@@ -147,12 +174,13 @@ fn bench_backends(runs: usize) -> Result<()> {
     let qemu = QemuBackend::from_config(&config, true);
     let timeout = Duration::from_millis(config.boot_timeout_ms);
     println!(
-        "kernel: {}\nmemory: {} MiB, {} vCPU\nruns: {runs} of each, alternating\n",
+        "kernel: {}\nmemory: {} MiB, {} vCPU\nruns: {runs} of each, alternating\n\
+         host pages recycled before each boot: {recycle_mib} MiB\n",
         config.kernel.display(),
         config.memory_mib,
         config.vcpus
     );
-    let [mut b_hello, mut q_hello, mut b_entry, mut b_rss, mut q_rss] =
+    let [mut b_hello, mut q_hello, mut b_entry, mut b_rss, mut q_rss, mut b_uptime, mut q_uptime] =
         std::array::from_fn(|_| Samples::default());
     for run in 0..runs {
         for (name, backend) in [
@@ -163,14 +191,18 @@ fn bench_backends(runs: usize) -> Result<()> {
             let shared = state.path().join("shared");
             std::fs::create_dir(&shared)?;
             let vm = VmConfig::from_config(&config, state.path(), &shared);
+            if recycle_mib > 0 {
+                recycle_host_pages(recycle_mib)?;
+            }
             let mut guest =
                 Guest::boot(backend, &vm, timeout).with_context(|| format!("{name} boot {run}"))?;
-            match guest.agent().request(Request::Ping, timeout)? {
-                Response::Pong { .. } => {}
+            let uptime = match guest.agent().request(Request::Ping, timeout)? {
+                Response::Pong { boot_time_ns } => Duration::from_nanos(boot_time_ns),
                 other => bail!("ping answered with {other:?}"),
-            }
+            };
             let overhead = monitor_overhead(guest.vm().pid())?;
             if name == "builtin" {
+                b_uptime.0.push(uptime);
                 b_hello.0.push(guest.timings.hello);
                 b_rss.0.push(overhead);
                 let timing =
@@ -181,6 +213,7 @@ fn bench_backends(runs: usize) -> Result<()> {
                     .with_context(|| format!("unexpected timing answer {timing:?}"))?;
                 b_entry.0.push(Duration::from_micros(us));
             } else {
+                q_uptime.0.push(uptime);
                 q_hello.0.push(guest.timings.hello);
                 q_rss.0.push(overhead);
             }
@@ -196,6 +229,8 @@ fn bench_backends(runs: usize) -> Result<()> {
         "{}",
         b_entry.row("builtin: monitor start to 1st vCPU entry")
     );
+    println!("{}", b_uptime.row("builtin: guest uptime at 1st ping"));
+    println!("{}", q_uptime.row("qemu: guest uptime at 1st ping"));
     println!(
         "\nbuiltin / qemu median boot to hello: {:.2}",
         b_hello.median().as_secs_f64() / q_hello.median().as_secs_f64()

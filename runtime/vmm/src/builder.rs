@@ -35,6 +35,7 @@ use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::{Bus, BusError};
+use crate::vstate::file_copy::GuestFileCopy;
 use crate::vstate::memory::{self, GuestMemory, MemoryError};
 use crate::vstate::vcpu::{ExitHandlers, ExitSignal, VcpuError, VcpuSet, VmExit};
 use crate::vstate::vm::{self, VmError};
@@ -295,7 +296,7 @@ fn load_kernel(memory: &GuestMemory, path: &Path) -> Result<GuestAddress, BuildE
     let loaded = Elf::load(
         memory.as_ref(),
         None,
-        &mut file,
+        &mut GuestFileCopy::new(&mut file, memory),
         Some(GuestAddress(HIMEM_START)),
     )
     .map_err(|e| err(format!("not a loadable vmlinux: {e}")))?;
@@ -322,7 +323,11 @@ fn load_initramfs(memory: &GuestMemory, path: &Path) -> Result<(GuestAddress, u6
         .ok_or_else(|| err(format!("{size} bytes do not fit in guest memory")))?;
     // Straight from the file into guest memory, no copy in between.
     memory
-        .read_exact_volatile_from(GuestAddress(addr), &mut file, size as usize)
+        .read_exact_volatile_from(
+            GuestAddress(addr),
+            &mut GuestFileCopy::new(&mut file, memory),
+            size as usize,
+        )
         .map_err(|e| err(e.to_string()))?;
     Ok((GuestAddress(addr), size))
 }
@@ -371,6 +376,7 @@ fn create_vcpus(
         supported,
         kvm.check_extension(kvm_ioctls::Cap::TscDeadlineTimer),
     );
+    let supported = cpuid::with_brand(supported, cpuid::host_brand());
     (0..count)
         .map(|index| {
             let err = |message: String| BuildError::Vcpu { index, message };

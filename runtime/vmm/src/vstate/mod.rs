@@ -1,5 +1,6 @@
 //! The running machine's state: KVM VM, guest memory, vCPU threads.
 
+pub mod file_copy;
 pub mod memory;
 pub mod vcpu;
 pub mod vm;

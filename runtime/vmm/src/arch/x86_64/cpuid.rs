@@ -1,8 +1,9 @@
 //! CPUID for a vCPU: what KVM supports on this host (which includes the KVM
 //! paravirt leaves 0x4000_0000/0x4000_0001, so the guest finds kvmclock),
-//! with the per-vCPU APIC ids, the processor count and the hypervisor bit.
+//! with the per-vCPU APIC ids, the processor count and the hypervisor bit,
+//! and the host's processor brand string where KVM leaves it out.
 
-use kvm_bindings::{CpuId, KVM_MAX_CPUID_ENTRIES};
+use kvm_bindings::{kvm_cpuid_entry2, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::Kvm;
 
 const LEAF_FEATURES: u32 = 0x1;
@@ -18,6 +19,9 @@ const EDX_HTT: u32 = 1 << 28;
 /// the LAPIC timer against the PIT (about 0.3 s in the nested test host).
 const ECX_TSC_DEADLINE: u32 = 1 << 24;
 
+/// The three leaves holding the 48-byte processor brand string.
+const LEAVES_BRAND: [u32; 3] = [0x8000_0002, 0x8000_0003, 0x8000_0004];
+
 /// The host's supported CPUID list, fetched once per VM.
 pub fn supported(kvm: &Kvm) -> Result<CpuId, kvm_ioctls::Error> {
     kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -29,6 +33,53 @@ pub fn with_emulated(mut supported: CpuId, tsc_deadline: bool) -> CpuId {
     for entry in supported.as_mut_slice() {
         if entry.function == LEAF_FEATURES && tsc_deadline {
             entry.ecx |= ECX_TSC_DEADLINE;
+        }
+    }
+    supported
+}
+
+/// The host CPU's brand string leaves, as (eax, ebx, ecx, edx) each.
+pub fn host_brand() -> [[u32; 4]; 3] {
+    LEAVES_BRAND.map(|leaf| {
+        // A leaf beyond the CPU's range reads as zeros or as its highest
+        // basic leaf: a wrong brand, never a fault.
+        let r = std::arch::x86_64::__cpuid(leaf);
+        [r.eax, r.ebx, r.ecx, r.edx]
+    })
+}
+
+/// `supported` with the brand string filled from `brand` where KVM listed
+/// none (Linux then names the CPU after its family, e.g. "AMD Hammer", in
+/// the guest's /proc/cpuinfo). A brand KVM did list is kept.
+pub fn with_brand(mut supported: CpuId, brand: [[u32; 4]; 3]) -> CpuId {
+    let listed = |cpuid: &CpuId, leaf: u32| {
+        cpuid
+            .as_slice()
+            .iter()
+            .any(|e| e.function == leaf && (e.eax | e.ebx | e.ecx | e.edx) != 0)
+    };
+    if LEAVES_BRAND.iter().any(|&leaf| listed(&supported, leaf)) {
+        return supported;
+    }
+    for (leaf, [eax, ebx, ecx, edx]) in LEAVES_BRAND.into_iter().zip(brand) {
+        let entry = kvm_cpuid_entry2 {
+            function: leaf,
+            eax,
+            ebx,
+            ecx,
+            edx,
+            ..Default::default()
+        };
+        match supported
+            .as_mut_slice()
+            .iter_mut()
+            .find(|e| e.function == leaf)
+        {
+            Some(existing) => *existing = entry,
+            // A full list keeps its entries; the brand is cosmetic.
+            None => {
+                let _ = supported.push(entry);
+            }
         }
     }
     supported
@@ -67,7 +118,6 @@ pub fn for_vcpu(supported: &CpuId, index: u8, count: u8) -> CpuId {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use kvm_bindings::kvm_cpuid_entry2;
 
     fn list() -> CpuId {
         let entries = [
@@ -110,5 +160,56 @@ mod tests {
     fn a_single_vcpu_is_not_hyperthreaded() {
         let leaf1 = for_vcpu(&list(), 0, 1).as_slice()[0];
         assert_eq!(leaf1.edx & EDX_HTT, 0);
+    }
+
+    fn brand_text(cpuid: &CpuId) -> String {
+        let bytes: Vec<u8> = LEAVES_BRAND
+            .iter()
+            .flat_map(|&leaf| {
+                let e = cpuid
+                    .as_slice()
+                    .iter()
+                    .find(|e| e.function == leaf)
+                    .unwrap();
+                [e.eax, e.ebx, e.ecx, e.edx]
+            })
+            .flat_map(u32::to_le_bytes)
+            .collect();
+        String::from_utf8_lossy(&bytes)
+            .trim_end_matches('\0')
+            .to_string()
+    }
+
+    fn brand_of(text: &str) -> [[u32; 4]; 3] {
+        let mut bytes = [0u8; 48];
+        bytes[..text.len()].copy_from_slice(text.as_bytes());
+        let word = |i: usize| u32::from_le_bytes(bytes[i * 4..i * 4 + 4].try_into().unwrap());
+        [0, 1, 2].map(|leaf| [0, 1, 2, 3].map(|reg| word(leaf * 4 + reg)))
+    }
+
+    #[test]
+    fn a_missing_brand_string_comes_from_the_host() {
+        let cpuid = with_brand(list(), brand_of("Husk Test CPU @ 1.00GHz"));
+        assert_eq!(brand_text(&cpuid), "Husk Test CPU @ 1.00GHz");
+        assert_eq!(cpuid.as_slice().len(), 2 + 3);
+    }
+
+    #[test]
+    fn a_brand_kvm_listed_is_kept() {
+        let kvm_brand = with_brand(list(), brand_of("From KVM"));
+        let again = with_brand(kvm_brand, brand_of("From the host"));
+        assert_eq!(brand_text(&again), "From KVM");
+    }
+
+    #[test]
+    fn zeroed_brand_leaves_are_filled_in_place() {
+        let mut entries = list().as_slice().to_vec();
+        entries.extend(LEAVES_BRAND.map(|function| kvm_cpuid_entry2 {
+            function,
+            ..Default::default()
+        }));
+        let cpuid = with_brand(CpuId::from_entries(&entries).unwrap(), brand_of("Filled"));
+        assert_eq!(brand_text(&cpuid), "Filled");
+        assert_eq!(cpuid.as_slice().len(), 5);
     }
 }
