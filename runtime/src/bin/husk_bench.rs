@@ -11,8 +11,10 @@
 //! builtin monitor alternating with N under QEMU (`-accel kvm -M microvm`),
 //! same kernel, initramfs and share; plus the builtin monitor's time from
 //! start to the first vCPU entry and each monitor's host memory overhead
-//! (RSS minus the guest memory the guest touched). Needs hardware KVM:
-//! `hack/bench-builtin` runs it inside the KVM test host.
+//! (RSS minus the guest memory the guest touched), and the guest's uptime at
+//! its first ping (its own boot, apart from the host's start-up). Needs
+//! hardware KVM: `hack/bench-builtin` runs it inside the KVM test host, with
+//! `--recycle-mib` (see there).
 //!
 //! `husk-bench run --runs N --bundle DIR --husk BIN`: N times `husk run` of
 //! the bundle end to end (create, boot, start, exit, delete), alternating

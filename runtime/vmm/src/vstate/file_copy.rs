@@ -45,14 +45,12 @@ fn backing_file(memory: &GuestMemoryMmap, ptr: usize, len: usize) -> Option<(&Fi
 }
 
 /// Moves up to `len` bytes from `source`'s position into `target` at
-/// `offset`, advancing `source`'s position by what was moved.
+/// `offset`, advancing `source`'s position by what was moved. `target`'s
+/// position moves too; the memfd is only ever mapped, never read by
+/// position.
 fn send(source: &File, target: &File, offset: u64, len: usize) -> io::Result<usize> {
-    let position = i64::try_from(offset)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset too large"))?;
-    // SAFETY: lseek on a descriptor we borrow; no memory is involved.
-    if unsafe { libc::lseek(target.as_raw_fd(), position, libc::SEEK_SET) } < 0 {
-        return Err(io::Error::last_os_error());
-    }
+    let mut cursor: &File = target;
+    cursor.seek(SeekFrom::Start(offset))?;
     // SAFETY: both descriptors stay open for the call; a null offset makes
     // sendfile use and advance the source's own position.
     let moved = unsafe {
