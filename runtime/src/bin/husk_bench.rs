@@ -163,6 +163,17 @@ fn recycle_host_pages(mib: usize) -> Result<()> {
     Ok(())
 }
 
+/// What `backends` measures of each boot of one monitor.
+#[derive(Default)]
+struct BackendSamples {
+    /// Boot to the agent's hello.
+    hello: Samples,
+    /// The guest's uptime at its first ping.
+    uptime: Samples,
+    /// Monitor RSS beyond guest memory, as "µs = KiB".
+    rss: Samples,
+}
+
 fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
     anyhow::ensure!(runs > 0, "--runs must be at least 1");
     let (config, _) = Config::load()?;
@@ -182,12 +193,12 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
         config.memory_mib,
         config.vcpus
     );
-    let [mut b_hello, mut q_hello, mut b_entry, mut b_rss, mut q_rss, mut b_uptime, mut q_uptime] =
-        std::array::from_fn(|_| Samples::default());
+    let (mut b, mut q) = (BackendSamples::default(), BackendSamples::default());
+    let mut b_entry = Samples::default();
     for run in 0..runs {
-        for (name, backend) in [
-            ("builtin", &builtin as &dyn hypervisor::Hypervisor),
-            ("qemu", &qemu),
+        for (name, backend, samples) in [
+            ("builtin", &builtin as &dyn hypervisor::Hypervisor, &mut b),
+            ("qemu", &qemu, &mut q),
         ] {
             let state = tempfile::Builder::new().prefix("husk-bench-").tempdir()?;
             let shared = state.path().join("shared");
@@ -202,11 +213,10 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
                 Response::Pong { boot_time_ns } => Duration::from_nanos(boot_time_ns),
                 other => bail!("ping answered with {other:?}"),
             };
-            let overhead = monitor_overhead(guest.vm().pid())?;
+            samples.hello.0.push(guest.timings.hello);
+            samples.uptime.0.push(uptime);
+            samples.rss.0.push(monitor_overhead(guest.vm().pid())?);
             if name == "builtin" {
-                b_uptime.0.push(uptime);
-                b_hello.0.push(guest.timings.hello);
-                b_rss.0.push(overhead);
                 let timing =
                     husk_vmm::control::request(&builtin::control_socket(&vm), "timing", timeout)?;
                 let us: u64 = timing
@@ -214,10 +224,6 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
                     .and_then(|v| v.parse().ok())
                     .with_context(|| format!("unexpected timing answer {timing:?}"))?;
                 b_entry.0.push(Duration::from_micros(us));
-            } else {
-                q_uptime.0.push(uptime);
-                q_hello.0.push(guest.timings.hello);
-                q_rss.0.push(overhead);
             }
             guest.shutdown(timeout)?;
         }
@@ -225,17 +231,17 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
     }
     eprintln!();
     println!("{:<40}{:>10}{:>10}{:>10}", "ms", "min", "median", "max");
-    println!("{}", b_hello.row("builtin: boot to agent hello"));
-    println!("{}", q_hello.row("qemu -accel kvm: boot to agent hello"));
+    println!("{}", b.hello.row("builtin: boot to agent hello"));
+    println!("{}", q.hello.row("qemu -accel kvm: boot to agent hello"));
     println!(
         "{}",
         b_entry.row("builtin: monitor start to 1st vCPU entry")
     );
-    println!("{}", b_uptime.row("builtin: guest uptime at 1st ping"));
-    println!("{}", q_uptime.row("qemu: guest uptime at 1st ping"));
+    println!("{}", b.uptime.row("builtin: guest uptime at 1st ping"));
+    println!("{}", q.uptime.row("qemu: guest uptime at 1st ping"));
     println!(
         "\nbuiltin / qemu median boot to hello: {:.2}",
-        b_hello.median().as_secs_f64() / q_hello.median().as_secs_f64()
+        b.hello.median().as_secs_f64() / q.hello.median().as_secs_f64()
     );
     println!(
         "\n{:<40}{:>10}{:>10}{:>10}",
@@ -250,8 +256,8 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
             v[v.len() - 1].as_micros()
         )
     };
-    println!("{}", kib_row(&b_rss, "builtin (husk-vmm)"));
-    println!("{}", kib_row(&q_rss, "qemu (without its helpers)"));
+    println!("{}", kib_row(&b.rss, "builtin (husk-vmm)"));
+    println!("{}", kib_row(&q.rss, "qemu (without its helpers)"));
     Ok(())
 }
 
