@@ -30,14 +30,46 @@ CONF
 builtin_config=$repo/target/husk/builtin-config.toml
 { echo 'backend = "builtin"'; cat "$HUSK_TEST_CONFIG"; } >"$builtin_config"
 
+# A test that would skip fails instead (tests/src/lib.rs, `skip`).
+export HUSK_TEST_NO_SKIP=1
+summary=$repo/target/husk/suites.txt
+: >"$summary"
+
+# Runs one test binary (or cargo test command), showing its output, and
+# records how many tests it ran; fails when the suite fails or ran none.
+suite() {
+    local name=$1
+    shift
+    local log=$repo/target/husk/suite-$name.log
+    step "suite $name"
+    set +e
+    "$@" 2>&1 | tee "$log"
+    local rc=${PIPESTATUS[0]}
+    set -e
+    local ran
+    ran=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) if ($i ~ /^(passed|failed);?$/) n += $(i - 1) }
+        END { print n + 0 }' "$log")
+    echo "suite $name: $ran tests ran, exit $rc" | tee -a "$summary" >&2
+    if ((rc != 0)); then
+        echo "test.sh: suite $name failed" >&2
+        exit 1
+    fi
+    if ((ran == 0)); then
+        echo "test.sh: suite $name ran no test" >&2
+        exit 1
+    fi
+}
+
 step "rustfmt"
 cargo fmt --all --check
 step "clippy"
 cargo clippy --quiet --locked --workspace --all-targets -- -D warnings
 step "build"
 cargo build --quiet --locked --workspace
-step "tests"
-cargo test --locked --workspace -- --test-threads=2
+suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
+for e2e in boot cli podman engines; do
+    suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
+done
 
 step "builtin backend: boot, cli and builtin suites with real KVM"
 mapfile -t suites < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test builtin \
@@ -48,14 +80,15 @@ if ((${#suites[@]} != 3)); then
 fi
 run_suites='for suite; do echo "=== $suite"; "$suite" --test-threads=1 || exit 1; done'
 if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc/cpuinfo; then
-    HUSK_TEST_CONFIG=$builtin_config sh -c "$run_suites" sh "${suites[@]}"
+    suite builtin env HUSK_TEST_CONFIG="$builtin_config" sh -c "$run_suites" sh "${suites[@]}"
 else
     echo "test.sh: /dev/kvm here is not hardware KVM; running the suites in the KVM test host" >&2
     # The test host sees the host's / read-only but has its own empty /tmp,
     # /run and /var/tmp: a checkout there is shared explicitly.
     share=()
     case $repo/ in /tmp/* | /run/* | /var/tmp/*) share=(--writable "$repo") ;; esac
-    hack/kvm-testhost.sh --silence 180 "${share[@]}" --env "HUSK_TEST_CONFIG=$builtin_config" \
+    suite builtin hack/kvm-testhost.sh --silence 180 "${share[@]}" \
+        --env "HUSK_TEST_CONFIG=$builtin_config" --env "HUSK_TEST_NO_SKIP=1" \
         -- sh -c "$run_suites" sh "${suites[@]}"
 fi
 
@@ -80,4 +113,5 @@ if [[ -n $dirs ]]; then
     echo "$dirs" >&2
     exit 1
 fi
+cat "$summary" >&2
 echo "test.sh: all tests passed" >&2

@@ -10,7 +10,7 @@ use husk::guest::{Guest, GuestError};
 use husk::hypervisor::HypervisorError;
 use husk_protocol::frame::encode;
 use husk_protocol::{GuestMessage, HostMessage, Request, Response, MAX_FRAME_LEN};
-use husk_tests::{assert_nothing_left, env_or_skip, helpers_of, husk_binary};
+use husk_tests::{assert_nothing_left, env_or_skip, helpers_of, husk_binary, or_skip};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -241,10 +241,7 @@ fn initramfs_with_a_broken_init_reports_the_kernel_panic() {
 #[test]
 fn husk_check_passes_and_prints_every_phase() {
     let env = env_or_skip!();
-    let husk = match husk_binary() {
-        Ok(path) => path,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
-    };
+    let husk = or_skip!(husk_binary());
 
     let out = Command::new(husk)
         .arg("check")
@@ -274,10 +271,7 @@ fn husk_check_passes_and_prints_every_phase() {
 #[test]
 fn husk_check_with_a_missing_kernel_says_what_to_do() {
     let env = env_or_skip!();
-    let husk = match husk_binary() {
-        Ok(path) => path,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
-    };
+    let husk = or_skip!(husk_binary());
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.toml");
     let text = std::fs::read_to_string(&env.config_path).unwrap();

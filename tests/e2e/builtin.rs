@@ -33,13 +33,7 @@ fn builtin_env() -> Result<TestEnv, String> {
 
 macro_rules! builtin_or_skip {
     () => {
-        match builtin_env() {
-            Ok(env) => env,
-            Err(why) => {
-                eprintln!("SKIPPED {}: {why}", module_path!());
-                return;
-            }
-        }
+        husk_tests::or_skip!(builtin_env())
     };
 }
 
@@ -141,17 +135,8 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
 
 #[test]
 fn concurrent_streams_carry_large_transfers_both_ways() {
-    if let Err(why) = builtin_env() {
-        eprintln!("SKIPPED {}: {why}", module_path!());
-        return;
-    }
-    let cli = match Cli::new() {
-        Ok(cli) => cli,
-        Err(why) => {
-            eprintln!("SKIPPED {}: {why}", module_path!());
-            return;
-        }
-    };
+    builtin_or_skip!();
+    let cli = husk_tests::or_skip!(Cli::new());
     // Four times the 256 KiB credit window each: large enough that every
     // stream waits for credit, small enough for the nested test host.
     const LEN: usize = 1 << 20;

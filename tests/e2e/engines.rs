@@ -20,8 +20,8 @@ use husk_tests::engines::{
     self, eventually, run_bounded, run_bounded_input_after, Engine, Exec, Image, Outcome, Run,
     Runtime, Runtimes, COMMAND_TIMEOUT,
 };
-use husk_tests::husk_binary;
 use husk_tests::podman::Podman;
+use husk_tests::{husk_binary, skip};
 
 /// One engine at a time.
 static ENGINES: Mutex<()> = Mutex::new(());
@@ -32,14 +32,6 @@ type Seen = Vec<String>;
 /// A scenario: runs on `engine` with `runtime`, using `scratch` (a fresh
 /// host directory) for files; returns what it saw.
 type Scenario = fn(&dyn Engine, Runtime, &Path) -> Result<Seen, String>;
-
-/// Returns from the test after printing why it skips.
-macro_rules! skip {
-    ($($why:tt)+) => {{
-        eprintln!("SKIPPED {}: {}", module_path!(), format!($($why)+));
-        return;
-    }};
-}
 
 /// The scenarios every engine runs.
 const SCENARIOS: &[(&str, Scenario)] = &[
@@ -528,7 +520,8 @@ fn suite_inputs() -> Result<(PathBuf, PathBuf, PathBuf), String> {
 }
 
 /// An engine that started, or why the suite skips (the engine or an image
-/// is not installed); any other failure to start fails the test.
+/// is not installed, which fails the suite under `HUSK_TEST_NO_SKIP=1`);
+/// any other failure to start fails the test.
 fn started<T>(engine: &str, setup: Result<T, String>) -> Result<T, String> {
     match setup {
         Err(why) if !why.contains("not installed") && !why.contains("missing") => {
@@ -584,7 +577,7 @@ fn podman_runs_every_scenario_like_runc() {
         Ok(found) => found,
         Err(why) => skip!("{why}"),
     };
-    let mut podman = match Podman::setup() {
+    let mut podman = match started("podman", Podman::setup()) {
         Ok(podman) => podman,
         Err(why) => skip!("{why}"),
     };

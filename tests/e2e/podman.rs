@@ -8,18 +8,10 @@ use std::process::Command;
 use std::time::Instant;
 
 use husk_tests::podman::{mounts_under, Podman};
-use husk_tests::{env_or_skip, helpers_of, husk_binary, process_exists};
+use husk_tests::{env_or_skip, helpers_of, husk_binary, process_exists, skip};
 
 /// The baseline runtime.
 const RUNC: &str = "/usr/bin/runc";
-
-/// Returns from the test after printing why it skips.
-macro_rules! skip {
-    ($($why:tt)+) => {{
-        eprintln!("SKIPPED {}: {}", module_path!(), format!($($why)+));
-        return;
-    }};
-}
 
 /// Runs a workload that prints and exits non-zero through `runtime`, checks
 /// its output and exit code, and that nothing is left afterwards.

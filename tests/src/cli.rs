@@ -20,17 +20,11 @@ pub struct Cli {
     pub config: PathBuf,
 }
 
-/// Loads the [`Cli`] or returns from the test after printing why it skips.
+/// Loads the [`Cli`] or returns from the test after saying why it skips.
 #[macro_export]
 macro_rules! cli_or_skip {
     () => {
-        match $crate::cli::Cli::new() {
-            Ok(cli) => cli,
-            Err(why) => {
-                eprintln!("SKIPPED {}: {why}", module_path!());
-                return;
-            }
-        }
+        $crate::or_skip!($crate::cli::Cli::new())
     };
 }
 

@@ -3,7 +3,9 @@
 //! The environment comes from `$HUSK_TEST_CONFIG`, a husk config file that
 //! `hack/test.sh` writes after building the kernel and initramfs. Without it
 //! (or when a file it names is missing) every test here skips itself and says
-//! why; it never passes silently.
+//! why; it never passes silently. Every skip goes through [`skip`] (the
+//! [`skip!`] macro): under `HUSK_TEST_NO_SKIP=1`, which `hack/test.sh` sets,
+//! a test that would skip fails instead, naming why.
 
 pub mod cli;
 pub mod engines;
@@ -99,17 +101,47 @@ impl TestEnv {
     }
 }
 
-/// Loads the [`TestEnv`] or returns from the test after printing why it skips.
+/// The variable under which a test that would skip fails instead.
+pub const NO_SKIP_ENV: &str = "HUSK_TEST_NO_SKIP";
+
+/// What every skip of every suite goes through: prints `SKIPPED <test>:
+/// <why>`, or, under `HUSK_TEST_NO_SKIP=1` (CI), panics with the reason, so
+/// a test that cannot run fails instead of passing. The test is named by
+/// its thread (libtest names it after the test).
+pub fn skip(why: &str) {
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("a test");
+    if std::env::var_os(NO_SKIP_ENV).is_some_and(|v| v == "1") {
+        panic!("{test} cannot run here and ${NO_SKIP_ENV}=1 makes a skip a failure: {why}");
+    }
+    eprintln!("SKIPPED {test}: {why}");
+}
+
+/// Returns from the test after [`skip`] with a formatted reason.
+#[macro_export]
+macro_rules! skip {
+    ($($why:tt)+) => {{
+        $crate::skip(&format!($($why)+));
+        return;
+    }};
+}
+
+/// `Ok`'s value, or returns from the test after [`skip`] with the error.
+#[macro_export]
+macro_rules! or_skip {
+    ($result:expr) => {
+        match $result {
+            Ok(value) => value,
+            Err(why) => $crate::skip!("{why}"),
+        }
+    };
+}
+
+/// Loads the [`TestEnv`] or returns from the test after saying why it skips.
 #[macro_export]
 macro_rules! env_or_skip {
     () => {
-        match $crate::TestEnv::load() {
-            Ok(env) => env,
-            Err(why) => {
-                eprintln!("SKIPPED {}: {why}", module_path!());
-                return;
-            }
-        }
+        $crate::or_skip!($crate::TestEnv::load())
     };
 }
 
