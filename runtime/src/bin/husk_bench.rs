@@ -33,6 +33,7 @@ use husk::host::Virtualization;
 use husk::hypervisor::builtin::{self, BuiltinBackend};
 use husk::hypervisor::{self, qemu::QemuBackend, VmConfig};
 use husk_protocol::{Request, Response};
+use husk_vm_spec::control::{self, ControlRequest};
 
 /// The line husk-bare-init prints when it runs.
 const BARE_READY: &str = "HUSK-BARE-INIT-READY";
@@ -217,8 +218,11 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
             samples.uptime.0.push(uptime);
             samples.rss.0.push(monitor_overhead(guest.vm().pid())?);
             if name == "builtin" {
-                let timing =
-                    husk_vmm::control::request(&builtin::control_socket(&vm), "timing", timeout)?;
+                let timing = control::request(
+                    &builtin::control_socket(&vm),
+                    ControlRequest::Timing,
+                    timeout,
+                )?;
                 let us: u64 = timing
                     .strip_prefix("first-entry-us ")
                     .and_then(|v| v.parse().ok())

@@ -3,10 +3,12 @@
 //! process and virtio-fs from virtiofsd over vhost-user. Needs hardware
 //! KVM (vmx/svm).
 
-use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
+
+use husk_vm_spec::control::{self, ControlRequest};
+use husk_vm_spec::{Device, VmSpec};
 
 use crate::config::{resolve_binary, Config};
 
@@ -51,27 +53,31 @@ impl BuiltinBackend {
         resolve_binary(VMM_BINARY, &self.vmm).map_err(HypervisorError::MissingBinary)
     }
 
-    /// The monitor's arguments for `config` (no I/O; unit-tested).
-    pub fn vmm_args(&self, config: &VmConfig, fs_socket: &Path) -> Vec<OsString> {
+    /// The VM description the monitor gets for `config` (no I/O;
+    /// unit-tested).
+    pub fn vm_spec(&self, config: &VmConfig, fs_socket: &Path) -> VmSpec {
         let mut cmdline = config.base_cmdline();
         cmdline.push("husk.backend=builtin".into());
-        let mut args: Vec<OsString> = Vec::new();
-        let mut push = |flag: &str, value: &dyn AsRef<std::ffi::OsStr>| {
-            args.push(flag.into());
-            args.push(value.as_ref().to_owned());
-        };
-        push("--kernel", &config.kernel);
-        push("--initramfs", &config.initramfs);
-        push("--cmdline", &cmdline.join(" "));
-        push("--vcpus", &config.vcpus.to_string());
-        push("--memory-mib", &config.memory_mib.to_string());
-        push("--console-log", &config.console_log());
-        push("--vsock-uds", &config.vsock_uds());
-        push("--cid", &GUEST_CID.to_string());
-        push("--fs-socket", &fs_socket);
-        push("--fs-tag", &husk_protocol::SHARE_TAG);
-        push("--control-socket", &control_socket(config));
-        args
+        VmSpec {
+            kernel: config.kernel.clone(),
+            initramfs: config.initramfs.clone(),
+            cmdline: cmdline.join(" "),
+            vcpus: u8::try_from(config.vcpus).unwrap_or(u8::MAX),
+            memory_mib: u64::from(config.memory_mib),
+            console_log: config.console_log(),
+            control_socket: Some(control_socket(config)),
+            devices: vec![
+                Device::Vsock {
+                    cid: u64::from(GUEST_CID),
+                    uds: config.vsock_uds(),
+                },
+                Device::Fs {
+                    socket: fs_socket.to_path_buf(),
+                    tag: husk_protocol::SHARE_TAG.into(),
+                },
+                Device::Rng,
+            ],
+        }
     }
 }
 
@@ -94,13 +100,20 @@ impl Hypervisor for BuiltinBackend {
             )));
         }
         let vmm = self.vmm_binary()?;
+        let spec_path = config.state_dir.join("vmm.json");
         let virtiofsd =
             resolve_binary("virtiofsd", &self.virtiofsd).map_err(HypervisorError::MissingBinary)?;
         // The monitor waits for virtiofsd's socket itself (after loading
         // the kernel), so both start at once.
         let fs = vhost_user::start_virtiofsd(&virtiofsd, &config.shared_dir, &config.state_dir)?;
+        self.vm_spec(config, &fs.socket)
+            .write(&spec_path)
+            .map_err(|e| HypervisorError::StateDir {
+                path: spec_path.clone(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
         let mut cmd = Command::new(vmm);
-        cmd.args(self.vmm_args(config, &fs.socket));
+        cmd.arg("--config").arg(&spec_path);
         let process = MonitorProcess::spawn(
             VMM_BINARY,
             cmd,
@@ -127,9 +140,8 @@ struct BuiltinVm {
 }
 
 impl BuiltinVm {
-    fn control(&self, request: &str) -> Result<String, HypervisorError> {
-        husk_vmm::control::request(&self.control, request, CONTROL_TIMEOUT)
-            .map_err(HypervisorError::Wait)
+    fn control(&self, request: ControlRequest) -> Result<String, HypervisorError> {
+        control::request(&self.control, request, CONTROL_TIMEOUT).map_err(HypervisorError::Wait)
     }
 }
 
@@ -159,11 +171,11 @@ impl Vm for BuiltinVm {
     }
 
     fn pause_vcpus(&mut self) -> Result<(), HypervisorError> {
-        self.control("pause").map(drop)
+        self.control(ControlRequest::Pause).map(drop)
     }
 
     fn resume_vcpus(&mut self) -> Result<(), HypervisorError> {
-        self.control("resume").map(drop)
+        self.control(ControlRequest::Resume).map(drop)
     }
 }
 
@@ -177,7 +189,7 @@ impl Drop for BuiltinVm {
 mod tests {
     use super::*;
 
-    fn args() -> Vec<String> {
+    fn spec() -> VmSpec {
         let config = VmConfig {
             kernel: "/k/vmlinux".into(),
             initramfs: "/k/initramfs.cpio".into(),
@@ -188,37 +200,40 @@ mod tests {
             cmdline_extra: vec![],
         };
         BuiltinBackend::from_config(&Config::default())
-            .vmm_args(&config, Path::new("/run/husk/x/virtiofsd.sock"))
-            .into_iter()
-            .map(|a| a.into_string().unwrap())
-            .collect()
-    }
-
-    fn value_of<'a>(args: &'a [String], flag: &str) -> &'a str {
-        let at = args.iter().position(|a| a == flag).expect(flag);
-        &args[at + 1]
+            .vm_spec(&config, Path::new("/run/husk/x/virtiofsd.sock"))
     }
 
     #[test]
-    fn monitor_gets_the_sandbox_files_and_sockets() {
-        let args = args();
-        assert_eq!(value_of(&args, "--kernel"), "/k/vmlinux");
-        assert_eq!(value_of(&args, "--vcpus"), "2");
-        assert_eq!(value_of(&args, "--memory-mib"), "256");
-        assert_eq!(value_of(&args, "--console-log"), "/run/husk/x/console.log");
-        assert_eq!(value_of(&args, "--vsock-uds"), "/run/husk/x/vsock.sock");
-        assert_eq!(value_of(&args, "--fs-socket"), "/run/husk/x/virtiofsd.sock");
-        assert_eq!(value_of(&args, "--fs-tag"), husk_protocol::SHARE_TAG);
+    fn monitor_gets_the_sandbox_files_sockets_and_devices() {
+        let spec = spec();
+        assert_eq!(spec.kernel, Path::new("/k/vmlinux"));
+        assert_eq!(spec.vcpus, 2);
+        assert_eq!(spec.memory_mib, 256);
+        assert_eq!(spec.console_log, Path::new("/run/husk/x/console.log"));
         assert_eq!(
-            value_of(&args, "--control-socket"),
-            "/run/husk/x/vmm-control.sock"
+            spec.control_socket.as_deref(),
+            Some(Path::new("/run/husk/x/vmm-control.sock"))
         );
+        assert_eq!(
+            spec.devices,
+            [
+                Device::Vsock {
+                    cid: 3,
+                    uds: "/run/husk/x/vsock.sock".into()
+                },
+                Device::Fs {
+                    socket: "/run/husk/x/virtiofsd.sock".into(),
+                    tag: husk_protocol::SHARE_TAG.into()
+                },
+                Device::Rng,
+            ]
+        );
+        spec.check().unwrap();
     }
 
     #[test]
     fn command_line_resets_on_reboot_and_names_the_backend() {
-        let args = args();
-        let cmdline = value_of(&args, "--cmdline");
+        let cmdline = spec().cmdline;
         assert!(cmdline.starts_with("console=ttyS0"), "{cmdline}");
         assert!(cmdline.contains("reboot=t"), "{cmdline}");
         assert!(cmdline.ends_with("husk.backend=builtin"), "{cmdline}");

@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use husk_vm_spec::{Device, VmSpec};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
@@ -41,35 +42,12 @@ use crate::vstate::vcpu::{ExitHandlers, ExitSignal, VcpuError, VcpuSet, VmExit};
 use crate::vstate::vm::{self, VmError};
 use crate::vstate::Vmm;
 
-/// What to boot.
-#[derive(Debug, Clone)]
-pub struct VmmConfig {
-    /// Uncompressed `vmlinux` with a PVH entry note.
-    pub kernel: PathBuf,
-    /// The initramfs.
-    pub initramfs: PathBuf,
-    /// Kernel command line (device entries are appended).
-    pub cmdline: String,
-    /// Number of vCPUs (1-64).
-    pub vcpus: u8,
-    /// Guest RAM in MiB.
-    pub memory_mib: u64,
-    /// File the serial console is written to.
-    pub console_log: PathBuf,
-    /// vsock: guest CID and the base Unix socket path.
-    pub vsock: Option<(u64, PathBuf)>,
-    /// virtio-fs: the vhost-user backend's socket and the tag.
-    pub fs: Option<(PathBuf, String)>,
-    /// Whether to add virtio-rng.
-    pub rng: bool,
-}
-
 /// Errors building the VM; each names the step and input that failed.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
-    /// The configuration is unusable.
-    #[error("invalid configuration: {0}")]
-    Config(String),
+    /// The description is unusable.
+    #[error("invalid VM description: {0}")]
+    Spec(#[from] husk_vm_spec::SpecError),
     /// Creating guest memory.
     #[error(transparent)]
     Memory(#[from] MemoryError),
@@ -127,8 +105,8 @@ fn device_err(device: &'static str) -> impl Fn(String) -> BuildError {
 
 /// Builds the VM described by `config` and starts its vCPUs. `started` is
 /// when the monitor started, for [`Vmm::time_to_first_entry`].
-pub fn build_and_boot(config: &VmmConfig, started: Instant) -> Result<Vmm, BuildError> {
-    check_config(config)?;
+pub fn build_and_boot(config: &VmSpec, started: Instant) -> Result<Vmm, BuildError> {
+    config.check()?;
     let kvm = vm::open_kvm()?;
     let memory = memory::create(config.memory_mib)?;
     let vm = vm::create(&kvm, &memory)?;
@@ -157,22 +135,6 @@ pub fn build_and_boot(config: &VmmConfig, started: Instant) -> Result<Vmm, Build
     })
 }
 
-fn check_config(config: &VmmConfig) -> Result<(), BuildError> {
-    if !(1..=64).contains(&config.vcpus) {
-        return Err(BuildError::Config(format!(
-            "vcpus = {} is outside 1..=64",
-            config.vcpus
-        )));
-    }
-    if config.memory_mib < 32 || config.memory_mib > (1 << 20) {
-        return Err(BuildError::Config(format!(
-            "memory = {} MiB is outside 32 MiB..1 TiB",
-            config.memory_mib
-        )));
-    }
-    Ok(())
-}
-
 /// The wired devices.
 struct Devices {
     pio: Bus,
@@ -191,7 +153,7 @@ fn irqfd(vm: &VmFd, gsi: u32, device: &'static str) -> Result<EventFd, BuildErro
 fn attach_devices(
     vm: &VmFd,
     memory: &GuestMemory,
-    config: &VmmConfig,
+    config: &VmSpec,
     exit: &Arc<ExitSignal>,
 ) -> Result<Devices, BuildError> {
     let mut devices = Devices {
@@ -226,19 +188,8 @@ fn attach_devices(
         )
         .map_err(bus_err("i8042"))?;
 
-    let mut virtio: Vec<Box<dyn VirtioDevice>> = Vec::new();
-    if let Some((cid, uds)) = &config.vsock {
-        let vsock = Vsock::new(*cid, uds).map_err(|e| device_err("vsock")(e.to_string()))?;
-        virtio.push(Box::new(vsock));
-    }
-    if let Some((socket, tag)) = &config.fs {
-        let fs = Fs::connect(socket, tag).map_err(|e| device_err("fs")(e.to_string()))?;
-        virtio.push(Box::new(fs));
-    }
-    if config.rng {
-        virtio.push(Box::new(Rng::default()));
-    }
-    for (index, device) in virtio.into_iter().enumerate() {
+    for (index, spec) in config.devices.iter().enumerate() {
+        let device = virtio_device(spec)?;
         let name = device.name();
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_IRQ_BASE + index as u32;
@@ -266,6 +217,20 @@ fn attach_devices(
             .push(format!("virtio_mmio.device=4K@{base:#x}:{gsi}"));
     }
     Ok(devices)
+}
+
+/// The device a description entry asks for.
+fn virtio_device(spec: &Device) -> Result<Box<dyn VirtioDevice>, BuildError> {
+    Ok(match spec {
+        Device::Vsock { cid, uds } => {
+            Box::new(Vsock::new(*cid, uds).map_err(|e| device_err("vsock")(e.to_string()))?)
+        }
+        Device::Fs { socket, tag } => {
+            Box::new(Fs::connect(socket, tag).map_err(|e| device_err("fs")(e.to_string()))?)
+        }
+        Device::Rng => Box::new(Rng::default()),
+        Device::Net(_) => return Err(device_err("net")("virtio-net is not built in yet".into())),
+    })
 }
 
 /// The i8042 reset line ends the VM: a tiny thread turns the eventfd into

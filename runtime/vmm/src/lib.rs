@@ -18,6 +18,7 @@ pub mod control;
 pub mod devices;
 pub mod vstate;
 
-pub use builder::{build_and_boot, BuildError, VmmConfig};
+pub use builder::{build_and_boot, BuildError};
+pub use husk_vm_spec::VmSpec;
 pub use vstate::vcpu::{RunState, VmExit};
 pub use vstate::Vmm;

@@ -1,7 +1,8 @@
 //! `husk-vmm`: runs one microVM until the guest ends or the host says stop.
 //!
-//! The husk runtime starts one per container with the kernel, initramfs,
-//! sockets and console log of that sandbox; see [`husk_vmm::builder`]. Exit
+//! The husk runtime starts one per container with a description of that
+//! sandbox's VM (`--config FILE`, a [`husk_vm_spec::VmSpec`]: kernel,
+//! initramfs, size, console log, devices); see [`husk_vmm::builder`]. Exit
 //! status: 0 when the guest rebooted, powered off or was stopped through the
 //! control socket, 1 when building the VM failed or the VM crashed.
 
@@ -13,48 +14,15 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use husk_vmm::control::{self, Followup};
-use husk_vmm::{build_and_boot, VmExit, VmmConfig};
+use husk_vmm::{build_and_boot, VmExit, VmSpec};
 
 /// Runs one KVM microVM.
 #[derive(Parser, Debug)]
 #[command(name = "husk-vmm", version)]
 struct Args {
-    /// Uncompressed vmlinux with a PVH entry.
+    /// The VM description (JSON, husk_vm_spec::VmSpec).
     #[arg(long)]
-    kernel: PathBuf,
-    /// Initramfs.
-    #[arg(long)]
-    initramfs: PathBuf,
-    /// Kernel command line.
-    #[arg(long, default_value = "console=ttyS0")]
-    cmdline: String,
-    /// Number of vCPUs.
-    #[arg(long, default_value_t = 1)]
-    vcpus: u8,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 256)]
-    memory_mib: u64,
-    /// Where the serial console is written.
-    #[arg(long)]
-    console_log: PathBuf,
-    /// vsock base Unix socket (guest connections to port P go to <path>_P).
-    #[arg(long)]
-    vsock_uds: Option<PathBuf>,
-    /// The guest's vsock context id.
-    #[arg(long, default_value_t = 3)]
-    cid: u64,
-    /// virtio-fs vhost-user backend socket.
-    #[arg(long, requires = "fs_tag")]
-    fs_socket: Option<PathBuf>,
-    /// virtio-fs tag.
-    #[arg(long)]
-    fs_tag: Option<String>,
-    /// Leave out virtio-rng.
-    #[arg(long)]
-    no_rng: bool,
-    /// Control socket (pause, resume, stop, state, timing).
-    #[arg(long)]
-    control_socket: Option<PathBuf>,
+    config: PathBuf,
 }
 
 fn main() {
@@ -76,7 +44,8 @@ fn main() {
 }
 
 fn run(args: Args, started: Instant) -> Result<VmExit> {
-    let control = args
+    let config = VmSpec::read(&args.config)?;
+    let control = config
         .control_socket
         .as_ref()
         .map(|path| {
@@ -84,17 +53,6 @@ fn run(args: Args, started: Instant) -> Result<VmExit> {
             UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
         })
         .transpose()?;
-    let config = VmmConfig {
-        kernel: args.kernel,
-        initramfs: args.initramfs,
-        cmdline: args.cmdline,
-        vcpus: args.vcpus,
-        memory_mib: args.memory_mib,
-        console_log: args.console_log,
-        vsock: args.vsock_uds.map(|uds| (args.cid, uds)),
-        fs: args.fs_socket.zip(args.fs_tag),
-        rng: !args.no_rng,
-    };
     let mut vmm = build_and_boot(&config, started)?;
     let exit_fd = vmm.exit_event().as_raw_fd();
     loop {
@@ -133,7 +91,7 @@ fn run(args: Args, started: Instant) -> Result<VmExit> {
         }
     }
     let exit = vmm.stop();
-    if let Some(path) = &args.control_socket {
+    if let Some(path) = &config.control_socket {
         let _ = std::fs::remove_file(path);
     }
     Ok(exit)
