@@ -12,11 +12,12 @@
 //! 7. vCPU threads start; the guest runs.
 
 use std::fs::File;
+use std::os::fd::{BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use husk_vm_spec::{Device, VmSpec};
+use husk_vm_spec::{Device, NetDevice, VmSpec};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
 use linux_loader::loader::KernelLoader;
@@ -32,6 +33,7 @@ use crate::devices::legacy::{I8042, I8042_PORT};
 use crate::devices::serial::SerialConsole;
 use crate::devices::virtio::fs::Fs;
 use crate::devices::virtio::mmio::{MmioTransport, QUEUE_NOTIFY_OFFSET};
+use crate::devices::virtio::net::{tap, Net, Tap};
 use crate::devices::virtio::rng::Rng;
 use crate::devices::virtio::vsock::Vsock;
 use crate::devices::virtio::VirtioDevice;
@@ -188,8 +190,9 @@ fn attach_devices(
         )
         .map_err(bus_err("i8042"))?;
 
+    let mut taps = Vec::new();
     for (index, spec) in config.devices.iter().enumerate() {
-        let device = virtio_device(spec)?;
+        let device = virtio_device(spec, &mut taps)?;
         let name = device.name();
         let base = VIRTIO_MMIO_BASE + index as u64 * VIRTIO_MMIO_SIZE;
         let gsi = VIRTIO_IRQ_BASE + index as u32;
@@ -219,8 +222,12 @@ fn attach_devices(
     Ok(devices)
 }
 
-/// The device a description entry asks for.
-fn virtio_device(spec: &Device) -> Result<Box<dyn VirtioDevice>, BuildError> {
+/// The device a description entry asks for; `taps` are the tap fds taken
+/// so far.
+fn virtio_device(
+    spec: &Device,
+    taps: &mut Vec<RawFd>,
+) -> Result<Box<dyn VirtioDevice>, BuildError> {
     Ok(match spec {
         Device::Vsock { cid, uds } => {
             Box::new(Vsock::new(*cid, uds).map_err(|e| device_err("vsock")(e.to_string()))?)
@@ -229,8 +236,42 @@ fn virtio_device(spec: &Device) -> Result<Box<dyn VirtioDevice>, BuildError> {
             Box::new(Fs::connect(socket, tag).map_err(|e| device_err("fs")(e.to_string()))?)
         }
         Device::Rng => Box::new(Rng::default()),
-        Device::Net(_) => return Err(device_err("net")("virtio-net is not built in yet".into())),
+        Device::Net(net) => Box::new(net_device(net, taps)?),
     })
+}
+
+/// A NIC on the tap the runtime left inherited under `tap_fd` (one NIC per
+/// tap: a descriptor owned twice would be closed twice).
+fn net_device(spec: &NetDevice, taps: &mut Vec<RawFd>) -> Result<Net, BuildError> {
+    if taps.contains(&spec.tap_fd) {
+        let fd = spec.tap_fd;
+        return Err(device_err("net")(format!(
+            "tap fd {fd} is given to two NICs"
+        )));
+    }
+    let tap = inherited_tap(spec.tap_fd)?;
+    taps.push(spec.tap_fd);
+    Ok(Net::new(tap, spec.mac, spec.mtu))
+}
+
+/// Owns the inherited descriptor `fd` once it is known to be an open tap:
+/// a number that is not one is refused, neither owned nor closed (it may be
+/// one of ours).
+fn inherited_tap(fd: RawFd) -> Result<Tap, BuildError> {
+    let err = device_err("net");
+    // SAFETY: F_GETFD only reads the flags of a descriptor number; asking
+    // about any number is harmless.
+    if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+        let e = std::io::Error::last_os_error();
+        return Err(err(format!("tap fd {fd} is not open: {e}")));
+    }
+    // SAFETY: `fd` is open (checked above) and nothing closes it while
+    // borrowed for the check.
+    tap::check(unsafe { BorrowedFd::borrow_raw(fd) }).map_err(|e| err(e.to_string()))?;
+    // SAFETY: `fd` is an open tap the runtime passed for this device alone;
+    // nothing else in the monitor owns or closes it.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    Tap::new(owned).map_err(|e| err(e.to_string()))
 }
 
 /// The i8042 reset line ends the VM: a tiny thread turns the eventfd into
@@ -359,4 +400,50 @@ fn create_vcpus(
             Ok(vcpu)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::fd::AsRawFd;
+
+    use super::*;
+
+    #[test]
+    fn a_tap_fd_that_is_not_open_names_the_device_and_the_fd() {
+        let err = inherited_tap(999_999).unwrap_err();
+
+        let message = err.to_string();
+        assert!(
+            message.starts_with("device net: tap fd 999999 is not open: "),
+            "{message}"
+        );
+    }
+
+    #[test]
+    fn a_descriptor_that_is_not_a_tap_is_refused_and_left_open() {
+        let file = tempfile::tempfile().unwrap();
+        let fd = file.as_raw_fd();
+
+        let err = inherited_tap(fd).unwrap_err();
+
+        let message = err.to_string();
+        assert!(
+            message.starts_with(&format!("device net: tap fd {fd}: TUNGETIFF")),
+            "{message}"
+        );
+        assert!(file.metadata().is_ok(), "the descriptor was closed");
+    }
+
+    #[test]
+    fn one_tap_fd_given_to_two_nics_is_refused() {
+        let spec = NetDevice {
+            tap_fd: 7,
+            mac: [2, 0, 0, 0, 0, 1],
+            mtu: None,
+        };
+
+        let err = net_device(&spec, &mut vec![7]).err().unwrap();
+
+        assert_eq!(err.to_string(), "device net: tap fd 7 is given to two NICs");
+    }
 }

@@ -8,9 +8,9 @@
 //! machine: it can be paused, resumed and stopped, and it reports how the
 //! guest ended.
 //!
-//! Everything the guest writes (MMIO accesses, descriptors, vsock packets) is
-//! untrusted: a bad access is logged and ignored or resets the device, it
-//! never panics the monitor.
+//! Everything the guest writes (MMIO accesses, descriptors, vsock packets, net
+//! frames) is untrusted: a bad access is logged and ignored or resets the
+//! device, it never panics the monitor.
 
 pub mod arch;
 pub mod builder;

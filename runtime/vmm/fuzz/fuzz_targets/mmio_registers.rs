@@ -1,6 +1,6 @@
 //! MMIO reads and writes at arbitrary offsets, sizes and values (and guest
 //! memory scribbles, and DRIVER_OK over garbage queues) against the
-//! virtio-mmio transport of an rng or a vsock device.
+//! virtio-mmio transport of an rng, a vsock or a net device.
 //! Run with `hack/fuzz.sh mmio_registers`.
 #![no_main]
 

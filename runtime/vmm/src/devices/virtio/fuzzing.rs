@@ -7,6 +7,7 @@
 //! Behind the `test-utils` feature: they stand on the mock driver in
 //! [`super::test_utils`].
 
+use std::collections::VecDeque;
 use std::io::Write;
 use std::net::Shutdown;
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -17,8 +18,15 @@ use std::sync::Once;
 use vm_memory::{Bytes, GuestAddress};
 
 use super::mmio::MmioTransport;
+use super::net::{
+    Net, Tap, TapWatch, FEATURES as NET_FEATURES, F_MRG_RXBUF, HEADER_LEN as NET_HEADER_LEN,
+    MAX_BUFFER, NUM_BUFFERS_OFFSET,
+};
 use super::rng::Rng;
-use super::test_utils::{eventfd, guest_memory, Desc, VsockDriver, VsockLayout, GUEST_CID};
+use super::test_utils::{
+    eventfd, guest_memory, seqpacket_pair, Desc, NetDriver, NetLayout, VsockDriver, VsockLayout,
+    GUEST_CID,
+};
 use super::vsock::muxer::Muxer;
 use super::vsock::packet::{Header, HEADER_LEN, TYPE_STREAM};
 use super::vsock::{Vsock, FIRST_LOCAL_PORT, HOST_CID, MAX_CONNECTIONS, MAX_PAYLOAD};
@@ -51,11 +59,16 @@ const VSOCK_LAYOUT: VsockLayout = VsockLayout {
 };
 /// The host port with a listener in the vsock target.
 const LISTENED_PORT: u32 = 1024;
+/// Small queues whose descriptors still hold a maximal frame each.
+const NET_LAYOUT: NetLayout = NetLayout {
+    queue_size: 16,
+    slot: 0x1_1000,
+};
 
 /// A sequence of MMIO accesses (any offset, size and value), guest memory
 /// writes, and whole driver steps (feature negotiation, a well-formed queue
-/// set-up, DRIVER_OK, a notify, a reset) against the transport of an rng or
-/// a vsock device; DRIVER_OK over garbage queues included.
+/// set-up, DRIVER_OK, a notify, a reset) against the transport of an rng, a
+/// vsock or a net device; DRIVER_OK over garbage queues included.
 pub fn mmio_registers(data: &[u8]) {
     drive_mmio(data);
 }
@@ -68,13 +81,19 @@ fn drive_mmio(data: &[u8]) -> bool {
         return false;
     };
     let scratch = ScratchDir::new();
-    let device: Box<dyn VirtioDevice> = if choice & 1 == 0 {
-        Box::new(Rng::default())
-    } else {
-        match Vsock::new(GUEST_CID, &scratch.path().join("v.sock")) {
+    // The host's end of the net device's tap, open until the end.
+    let (tap, _host) = seqpacket_pair();
+    let device: Box<dyn VirtioDevice> = match choice % 3 {
+        0 => Box::new(Rng::default()),
+        1 => match Vsock::new(GUEST_CID, &scratch.path().join("v.sock")) {
             Ok(vsock) => Box::new(vsock),
             Err(_) => return false,
-        }
+        },
+        _ => Box::new(Net::new(
+            Tap::from_socket_for_tests(tap),
+            [2, 0, 0, 0, 0, 1],
+            Some(1500),
+        )),
     };
     let memory = guest_memory(MMIO_MEMORY);
     let mut transport = MmioTransport::new(device, memory.clone(), eventfd()).expect("eventfds");
@@ -394,6 +413,211 @@ fn run_and_check(vsock: &mut VsockDriver<'_>) -> usize {
     packets
 }
 
+/// Arbitrary TX chains (frames split over descriptors any way, and bad
+/// chains of every kind), RX buffers of any shape, frames the host writes
+/// into the tap, and either feature set (merged RX buffers or not), through
+/// a net handler's queues. Checks that every frame that arrives, either
+/// way, is byte for byte one that was sent, in order, and fits its buffers.
+pub fn net_frames(data: &[u8]) {
+    drive_net(data);
+}
+
+/// What a net input sent, to check what arrives against.
+#[derive(Default)]
+struct NetSent {
+    /// Well-formed guest frames not yet seen on the tap.
+    tx: VecDeque<Vec<u8>>,
+    /// TX chains offered.
+    tx_chains: u64,
+    /// Host frames (at least a header long) not yet seen by the guest.
+    rx: VecDeque<Vec<u8>>,
+    /// Host frames written into the tap.
+    rx_frames: u64,
+    /// Frames seen on each side so far.
+    seen: (u64, u64),
+}
+
+/// [`net_frames`]; returns how many frames arrived on the tap and in the
+/// guest.
+fn drive_net(data: &[u8]) -> (u64, u64) {
+    let mut input = Input(data);
+    let Some(choice) = input.byte() else {
+        return (0, 0);
+    };
+    let features = if choice & 1 == 0 {
+        NET_FEATURES
+    } else {
+        NET_FEATURES & !F_MRG_RXBUF
+    };
+    let memory = NET_LAYOUT.memory();
+    let mut net = NetDriver::new(&memory, NET_LAYOUT, features);
+    let mut sent = NetSent::default();
+    while let Some(command) = input.byte() {
+        match command % 8 {
+            0..=2 => send_net_frame(&mut net, &mut input, command, &mut sent),
+            3 => send_bad_net_chain(&mut net, &mut input, command, &mut sent),
+            4 => post_net_buffers(&mut net, &mut input, command),
+            5 | 6 => host_net_frame(&mut net, &mut input, command, &mut sent),
+            _ => check_net(&mut net, features, &mut sent),
+        }
+    }
+    check_net(&mut net, features, &mut sent);
+    sent.seen
+}
+
+/// A frame as the guest's driver builds it (any header, any bytes), split
+/// over up to three device-readable descriptors.
+fn send_net_frame(net: &mut NetDriver<'_>, input: &mut Input<'_>, command: u8, sent: &mut NetSent) {
+    let len = usize::from(input.u16()) + usize::from(command >> 7) * 0x1_0000;
+    let frame = net_frame_bytes(input, len.min(MAX_BUFFER));
+    let cuts = [input.u16(), input.u16()].map(|c| usize::from(c) % (frame.len() + 1));
+    let (first, second) = (cuts[0].min(cuts[1]), cuts[0].max(cuts[1]));
+    let parts: Vec<&[u8]> = match (command >> 3) % 3 {
+        0 => vec![&frame],
+        1 => vec![&frame[..first], &frame[first..]],
+        _ => vec![&frame[..first], &frame[first..second], &frame[second..]],
+    };
+    if net.send(&parts).is_some() {
+        sent.tx_chains += 1;
+        if frame.len() >= NET_HEADER_LEN {
+            sent.tx.push_back(frame);
+        }
+    }
+}
+
+/// `len` bytes of frame: the first (up to 32) from the input, the rest a
+/// pattern, so that big frames cost little input.
+fn net_frame_bytes(input: &mut Input<'_>, len: usize) -> Vec<u8> {
+    let mut frame = input.bytes(len.min(32)).to_vec();
+    let seed = frame.first().copied().unwrap_or(0);
+    // A prime period: a piece written at the wrong offset shows.
+    let pattern: Vec<u8> = (0..251u8)
+        .map(|i| i.wrapping_mul(31).wrapping_add(seed))
+        .collect();
+    while frame.len() < len {
+        let take = (len - frame.len()).min(pattern.len());
+        frame.extend_from_slice(&pattern[..take]);
+    }
+    frame
+}
+
+/// A TX chain the device must drop: a buffer outside guest memory, a
+/// device-writable descriptor, more than the largest frame, nothing at all.
+fn send_bad_net_chain(
+    net: &mut NetDriver<'_>,
+    input: &mut Input<'_>,
+    command: u8,
+    sent: &mut NetSent,
+) {
+    let end = NET_LAYOUT.queue(1).end();
+    let inside = NET_LAYOUT.queue(1).data.0;
+    let extra = u32::from(input.u16());
+    let readable = |addr, len| Desc {
+        addr,
+        len,
+        writable: false,
+    };
+    let descs = match (command >> 3) % 5 {
+        0 => vec![readable(end - 8, 9 + extra)],
+        1 => vec![
+            readable(inside, NET_HEADER_LEN as u32),
+            Desc {
+                addr: inside,
+                len: extra,
+                writable: true,
+            },
+        ],
+        2 => vec![readable(inside, MAX_BUFFER as u32 + 1 + extra % 4096)],
+        3 => vec![readable(inside, u32::MAX - extra)],
+        _ => vec![readable(inside, 0); 1 + usize::from(command >> 6)],
+    };
+    if net.tx.add(&descs).is_some() {
+        sent.tx_chains += 1;
+    }
+}
+
+/// RX chains: any count and length, two descriptors, or bad ones
+/// (device-readable, outside guest memory, empty).
+fn post_net_buffers(net: &mut NetDriver<'_>, input: &mut Input<'_>, command: u8) {
+    let count = 1 + usize::from(command >> 3) % 8;
+    let len = u32::from(input.u16()) % (NET_LAYOUT.slot as u32 + 1);
+    let shape = input.byte().unwrap_or(0);
+    for _ in 0..count {
+        let _ = match shape % 8 {
+            0..=3 => net.rx.add_writable(&[len]),
+            4 => net.rx.add_writable(&[len % 64, len]),
+            5 => net.rx.add_readable(&[&[0u8; 64]]),
+            6 => net.rx.add(&[Desc {
+                addr: NET_LAYOUT.queue(1).end() - 8,
+                len: 64,
+                writable: true,
+            }]),
+            _ => net.rx.add_writable(&[0]),
+        };
+    }
+}
+
+/// The host writes a frame (never empty: a tap never reads empty) into the
+/// tap, sometimes longer than the device's buffer (it is cut).
+fn host_net_frame(net: &mut NetDriver<'_>, input: &mut Input<'_>, command: u8, sent: &mut NetSent) {
+    let len = usize::from(input.u16()) + usize::from(command >> 7) * 0x1_0000;
+    let mut frame = net_frame_bytes(input, len.min(MAX_BUFFER + 4096));
+    if frame.is_empty() {
+        frame.push(command);
+    }
+    if net.host_send(&frame).is_ok() {
+        sent.rx_frames += 1;
+        if frame.len() >= NET_HEADER_LEN {
+            frame.truncate(MAX_BUFFER);
+            sent.rx.push_back(frame);
+        }
+    }
+}
+
+/// Runs the handler and checks both directions: every TX chain came back
+/// empty, every frame on the tap and in the guest is the next (or a later)
+/// one sent, byte for byte, in buffers that hold it, and the counters add
+/// up.
+fn check_net(net: &mut NetDriver<'_>, features: u64, sent: &mut NetSent) {
+    net.run();
+    assert!(net.tx_used().iter().all(|u| u.len == 0), "TX used length");
+    assert_eq!(net.tx.outstanding(), 0, "a TX chain was not used");
+    for frame in net.host_received() {
+        take_in_order(&mut sent.tx, &frame, "on the tap");
+        sent.seen.0 += 1;
+    }
+    for frame in net.received() {
+        if features & F_MRG_RXBUF == 0 {
+            assert_eq!(frame.chains, 1, "a frame over several chains");
+        }
+        let mut bytes = frame.bytes;
+        bytes[NUM_BUFFERS_OFFSET..NET_HEADER_LEN].fill(0);
+        let matches = |sent: &Vec<u8>| {
+            sent.len() == bytes.len()
+                && sent[..NUM_BUFFERS_OFFSET] == bytes[..NUM_BUFFERS_OFFSET]
+                && sent[NET_HEADER_LEN..] == bytes[NET_HEADER_LEN..]
+        };
+        let found = sent.rx.iter().position(matches);
+        let index = found.unwrap_or_else(|| panic!("the guest got a frame never sent"));
+        sent.rx.drain(..=index);
+        sent.seen.1 += 1;
+    }
+    let stats = net.handler.stats();
+    assert_eq!(stats.tx_frames + stats.tx_dropped, sent.tx_chains);
+    assert_eq!(stats.tx_frames, sent.seen.0);
+    assert_eq!(stats.rx_frames, sent.seen.1);
+    let waiting = u64::from(net.handler.rx_pending());
+    assert!(stats.rx_frames + stats.rx_dropped + waiting <= sent.rx_frames);
+    assert_ne!(net.handler.watch(), TapWatch::Gone, "the tap was given up");
+}
+
+/// Removes from `sent` the frames dropped before `frame`, and `frame`.
+fn take_in_order(sent: &mut VecDeque<Vec<u8>>, frame: &[u8], what: &str) {
+    let index = sent.iter().position(|s| s == frame);
+    let index = index.unwrap_or_else(|| panic!("a frame never sent (or out of order) {what}"));
+    sent.drain(..=index);
+}
+
 /// Writing to a host stream whose reader left must fail with EPIPE, not
 /// kill the process: Rust programs ignore SIGPIPE, libFuzzer's main does
 /// not.
@@ -509,7 +733,7 @@ mod tests {
 
     #[test]
     fn the_mmio_body_brings_a_device_up() {
-        for choice in [0, 1] {
+        for choice in [0, 1, 2] {
             assert!(drive_mmio(&bring_up(choice)), "device {choice} not running");
         }
     }
@@ -542,6 +766,27 @@ mod tests {
     fn the_vsock_body_survives_pseudo_random_inputs() {
         for input in pseudo_random_inputs(0x9e37_79b9_7f4a_7c15, 2000, 512) {
             vsock_packets(&input);
+        }
+    }
+
+    #[test]
+    fn the_net_body_moves_frames_both_ways() {
+        let mut input = vec![0]; // merged RX buffers
+        input.extend([4 | 7 << 3, 0x00, 0x20, 0]); // eight of 8 KiB
+        input.extend([0, 100, 0]); // a frame of 100 bytes, whole
+        input.extend([1; 32]);
+        input.extend([0; 4]);
+        input.extend([5, 0x60, 0xea]); // the host writes 60000 bytes
+        input.extend([2; 32]);
+        input.push(7); // run
+
+        assert_eq!(drive_net(&input), (1, 1));
+    }
+
+    #[test]
+    fn the_net_body_survives_pseudo_random_inputs() {
+        for input in pseudo_random_inputs(0xd1b5_4a32_d192_ed03, 2000, 512) {
+            net_frames(&input);
         }
     }
 

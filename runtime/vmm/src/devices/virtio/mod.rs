@@ -18,6 +18,7 @@ pub mod fs;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod fuzzing;
 pub mod mmio;
+pub mod net;
 pub mod rng;
 #[cfg(any(test, feature = "test-utils"))]
 pub mod test_utils;
@@ -34,6 +35,8 @@ use crate::vstate::memory::GuestMemory;
 
 /// Feature bit: the device conforms to virtio 1.0+.
 pub const VIRTIO_F_VERSION_1: u64 = 1 << 32;
+/// Device type: network card.
+pub const TYPE_NET: u32 = 1;
 /// Device type: entropy source.
 pub const TYPE_RNG: u32 = 4;
 /// Device type: vsock.

@@ -1,12 +1,16 @@
 //! The driver's side of a virtqueue, for unit tests and fuzz targets: guest
 //! memory, queues built from virtio-queue's mock (`virtio_queue::mock`), descriptor
 //! chains offered and used buffers collected the way a guest driver would,
-//! and a vsock device served without a guest ([`VsockDriver`]).
+//! and vsock and net devices served without a guest ([`VsockDriver`],
+//! [`NetDriver`], whose tap is one end of a `SOCK_SEQPACKET` pair).
 //!
 //! What the tests play here is the guest, so nothing is trusted: the helpers
 //! can offer any descriptor, including ones outside guest memory.
 
 use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 
 use virtio_bindings::bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
@@ -18,6 +22,7 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 use vmm_sys_util::epoll::EpollEvent;
 use vmm_sys_util::eventfd::EventFd;
 
+use super::net::{self, NetHandler, Tap, NUM_BUFFERS_OFFSET};
 use super::vsock::muxer::Muxer;
 use super::vsock::packet::{Header, Op, HEADER_LEN, TYPE_STREAM};
 use super::vsock::{VsockHandler, HOST_CID};
@@ -319,18 +324,24 @@ impl VsockLayout {
 
     /// The layout of queue `index` (0: rx, 1: tx, 2: event).
     pub fn queue(&self, index: usize) -> QueueLayout {
-        let index = index as u64;
-        QueueLayout {
-            rings: GuestAddress(index * 0x4000),
-            size: self.queue_size,
-            data: GuestAddress(0x10_0000 + index * u64::from(self.queue_size) * self.slot),
-            slot: self.slot,
-        }
+        queue_layout(index, self.queue_size, self.slot)
     }
 
     /// Guest memory that holds the three queues and their buffers.
     pub fn memory(&self) -> GuestMemory {
         guest_memory(self.queue(2).end() as usize)
+    }
+}
+
+/// Queue `index` of a device: its rings in the first MiB (16 KiB each), its
+/// buffers after the buffers of the queues before it.
+fn queue_layout(index: usize, queue_size: u16, slot: u64) -> QueueLayout {
+    let index = index as u64;
+    QueueLayout {
+        rings: GuestAddress(index * 0x4000),
+        size: queue_size,
+        data: GuestAddress(0x10_0000 + index * u64::from(queue_size) * slot),
+        slot,
     }
 }
 
@@ -489,5 +500,240 @@ impl<'m> VsockDriver<'m> {
             packets.push(Packet { header, payload });
         }
         packets
+    }
+}
+
+/// Where a [`NetDriver`] puts its two queues and their buffers.
+#[derive(Debug, Clone, Copy)]
+pub struct NetLayout {
+    /// Size of each queue.
+    pub queue_size: u16,
+    /// Buffer bytes per descriptor.
+    pub slot: u64,
+}
+
+impl NetLayout {
+    /// Full-size queues whose descriptors can each hold a maximal frame.
+    pub const FULL: NetLayout = NetLayout {
+        queue_size: net::QUEUE_SIZE,
+        slot: 0x1_1000,
+    };
+
+    /// The layout of queue `index` (0: rx, 1: tx).
+    pub fn queue(&self, index: usize) -> QueueLayout {
+        queue_layout(index, self.queue_size, self.slot)
+    }
+
+    /// Guest memory that holds both queues and their buffers.
+    pub fn memory(&self) -> GuestMemory {
+        guest_memory(self.queue(1).end() as usize)
+    }
+}
+
+/// A connected, non-blocking `SOCK_SEQPACKET` pair: one end stands in for a
+/// tap, the other is the host side of it.
+pub fn seqpacket_pair() -> (OwnedFd, OwnedFd) {
+    let mut fds = [0; 2];
+    let kind = libc::SOCK_SEQPACKET | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+    // SAFETY: socketpair writes two descriptors into `fds`, which lives
+    // through the call.
+    let rc = unsafe { libc::socketpair(libc::AF_UNIX, kind, 0, fds.as_mut_ptr()) };
+    assert_eq!(rc, 0, "socketpair: {}", io::Error::last_os_error());
+    // SAFETY: socketpair succeeded: both descriptors are new and ours.
+    unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) }
+}
+
+/// A frame the device put in RX buffers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RxFrame {
+    /// The header (with `num_buffers`) and the frame.
+    pub bytes: Vec<u8>,
+    /// How many chains it took.
+    pub chains: usize,
+}
+
+impl RxFrame {
+    /// The header's `num_buffers`.
+    pub fn num_buffers(&self) -> u16 {
+        num_buffers(&self.bytes)
+    }
+}
+
+/// Checks that the device wrote no more than the chain's writable buffers.
+fn assert_fits(used: &Used) {
+    let room: u64 = used
+        .descs
+        .iter()
+        .filter(|d| d.writable)
+        .map(|d| u64::from(d.len))
+        .sum();
+    assert!(
+        u64::from(used.len) <= room,
+        "more than the buffers: {used:?}"
+    );
+}
+
+/// `num_buffers` of the header at the start of `bytes`.
+pub fn num_buffers(bytes: &[u8]) -> u16 {
+    u16::from_le_bytes([bytes[NUM_BUFFERS_OFFSET], bytes[NUM_BUFFERS_OFFSET + 1]])
+}
+
+/// A net device's queue handler served in the calling thread, with the
+/// guest's side of its queues and the host's side of its tap.
+pub struct NetDriver<'m> {
+    /// The receive queue (device to guest).
+    pub rx: DriverQueue<'m>,
+    /// The transmit queue (guest to device).
+    pub tx: DriverQueue<'m>,
+    /// The handler under test.
+    pub handler: NetHandler,
+    /// The epoll instance the handler registered its descriptors with.
+    pub poller: Poller,
+    /// The device's interrupt eventfd.
+    pub irq: EventFd,
+    /// The host's end of the socket standing in for the tap.
+    pub host: File,
+    kicks: Vec<EventFd>,
+}
+
+impl<'m> NetDriver<'m> {
+    /// Serves the queues of `layout` in `memory` (from
+    /// [`NetLayout::memory`]) for a driver that accepted `features`.
+    pub fn new(memory: &'m GuestMemory, layout: NetLayout, features: u64) -> Self {
+        let rx = DriverQueue::new(memory, layout.queue(0));
+        let tx = DriverQueue::new(memory, layout.queue(1));
+        let (tap, host) = seqpacket_pair();
+        let irq = eventfd();
+        let interrupt = Interrupt::new(irq.try_clone().expect("cloning an eventfd"));
+        let queues = [rx.active(), tx.active()];
+        let kicks = queues
+            .iter()
+            .map(|q| q.kick.try_clone().expect("cloning an eventfd"))
+            .collect();
+        let tap = Tap::from_socket_for_tests(tap);
+        let mut handler = NetHandler::new(memory.clone(), queues, interrupt, tap, features);
+        let poller = Poller::new().expect("epoll");
+        handler.init(&poller).expect("registering the handler");
+        NetDriver {
+            rx,
+            tx,
+            handler,
+            poller,
+            irq,
+            host: File::from(host),
+            kicks,
+        }
+    }
+
+    /// Offers a frame on the TX queue, one device-readable descriptor per
+    /// part (the first starting with the header).
+    pub fn send(&mut self, parts: &[&[u8]]) -> Option<u16> {
+        self.tx.add_readable(parts)
+    }
+
+    /// Offers `count` RX chains of descriptors of `lens` bytes (fewer when
+    /// the queue is full); returns how many.
+    pub fn post_rx(&mut self, count: usize, lens: &[u32]) -> usize {
+        (0..count)
+            .take_while(|_| self.rx.add_writable(lens).is_some())
+            .count()
+    }
+
+    /// The host writes a frame (with its header) into the tap.
+    pub fn host_send(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.host.write(bytes).map(drop)
+    }
+
+    /// The frames (with their headers) the device wrote to the tap, in
+    /// order.
+    pub fn host_received(&mut self) -> Vec<Vec<u8>> {
+        let mut frames = Vec::new();
+        let mut buf = vec![0u8; net::MAX_BUFFER + 1];
+        while let Ok(len) = self.host.read(&mut buf) {
+            if len == 0 {
+                break;
+            }
+            frames.push(buf[..len].to_vec());
+        }
+        frames
+    }
+
+    /// Does what the worker does, in this thread: waits up to `timeout_ms`
+    /// for the tap, notifies both queues and handles every ready
+    /// descriptor. Used TX chains stay in `tx` (see [`Self::tx_used`]).
+    pub fn run_with_timeout(&mut self, timeout_ms: i32) {
+        let mut events = vec![EpollEvent::default(); 8];
+        let ready = self
+            .poller
+            .wait(timeout_ms, &mut events)
+            .expect("epoll_wait");
+        self.dispatch(&events[..ready]);
+        for kick in &self.kicks {
+            kick.write(1).expect("notifying a queue");
+        }
+        // Bounded: a descriptor that stays ready must not hang a test.
+        for _ in 0..16 {
+            let ready = self.poller.wait(0, &mut events).expect("epoll_wait");
+            if ready == 0 {
+                break;
+            }
+            self.dispatch(&events[..ready]);
+        }
+    }
+
+    fn dispatch(&mut self, events: &[EpollEvent]) {
+        for event in events {
+            self.handler
+                .handle(&self.poller, event.data(), event.event_set());
+        }
+    }
+
+    /// [`Self::run_with_timeout`] without waiting.
+    pub fn run(&mut self) {
+        self.run_with_timeout(0);
+    }
+
+    /// The TX chains the device used, in order.
+    pub fn tx_used(&mut self) -> Vec<Used> {
+        std::iter::from_fn(|| self.tx.next_used()).collect()
+    }
+
+    /// Takes the frames the device wrote into RX buffers, in order, each
+    /// gathered over the chains its `num_buffers` says. Chains used empty
+    /// (dropped frames) are skipped.
+    pub fn received(&mut self) -> Vec<RxFrame> {
+        let mut frames = Vec::new();
+        while let Some(first) = self.rx.next_used() {
+            assert_fits(&first);
+            if first.len == 0 {
+                continue;
+            }
+            let mut bytes = self.rx.written(&first);
+            let mut chains = 1;
+            let mut take_next = |bytes: &mut Vec<u8>, chains: &mut usize, what: &str| {
+                let next = self.rx.next_used().unwrap_or_else(|| {
+                    panic!("{what} is missing after {chains} chains: {bytes:02x?}")
+                });
+                assert_fits(&next);
+                assert_ne!(next.len, 0, "an empty chain inside a frame");
+                bytes.extend(self.rx.written(&next));
+                *chains += 1;
+            };
+            while bytes.len() < net::HEADER_LEN {
+                take_next(&mut bytes, &mut chains, "the rest of the header");
+            }
+            let count = usize::from(num_buffers(&bytes));
+            while chains < count {
+                take_next(&mut bytes, &mut chains, "a buffer of the frame");
+            }
+            let frame = RxFrame { bytes, chains };
+            assert_eq!(
+                usize::from(frame.num_buffers()),
+                frame.chains,
+                "num_buffers disagrees with the chains used"
+            );
+            frames.push(frame);
+        }
+        frames
     }
 }
