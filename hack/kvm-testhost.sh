@@ -91,8 +91,8 @@ kernel_package() {
 
 # Sets mod_order to the kernel modules to load (paths relative to MODDIR), in
 # load order, each after its dependencies (from modules.dep): kvm-amd (with
-# kvm and ccp), the 9p client and the virtio transport, where they are modules
-# rather than built in.
+# kvm and ccp), the 9p client and the virtio transport, and the network
+# pieces husk uses, where they are modules rather than built in.
 resolve_modules() {
     local moddir=$1 path deps name dep
     declare -gA mod_path=() mod_deps=() mod_builtin=() mod_seen=()
@@ -126,6 +126,11 @@ resolve_modules() {
         mod_order+=("${mod_path[$name]}")
     }
     for name in kvm ccp kvm_amd virtio_pci 9pnet 9pnet_virtio 9p; do
+        visit "$name"
+    done
+    # What husk's network needs: taps, veth pairs for the tests, the
+    # ingress qdisc with a u32 filter and a mirred redirect, a bridge.
+    for name in tun veth sch_ingress cls_u32 act_mirred bridge; do
         visit "$name"
     done
     visit virtio_rng optional
@@ -179,7 +184,7 @@ setup_failed() {
 }
 
 echo
-say "outer guest up after $(cut -d' ' -f1 /proc/uptime) s; loading kvm_amd and the 9p modules"
+say "outer guest up after $(cut -d' ' -f1 /proc/uptime) s; loading kvm_amd, the 9p and the network modules"
 while read -r m; do
     insmod "/lib/modules/$m" || {
         case $m in

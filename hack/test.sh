@@ -67,15 +67,16 @@ cargo clippy --quiet --locked --workspace --all-targets -- -D warnings
 step "build"
 cargo build --quiet --locked --workspace
 suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
-for e2e in boot cli podman engines; do
+suite netlink cargo test --locked -p husk-netlink --test kernel -- --test-threads=2
+for e2e in boot cli network podman engines; do
     suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
 done
 
-step "builtin backend: boot, cli and builtin suites with real KVM"
-mapfile -t suites < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test builtin \
-    --no-run --message-format=json | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
-if ((${#suites[@]} != 3)); then
-    echo "test.sh: expected the boot, cli and builtin test binaries, got: ${suites[*]}" >&2
+step "builtin backend: boot, cli, network and builtin suites with real KVM"
+mapfile -t suites < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test network \
+    --test builtin --no-run --message-format=json | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+if ((${#suites[@]} != 4)); then
+    echo "test.sh: expected the boot, cli, network and builtin test binaries, got: ${suites[*]}" >&2
     exit 1
 fi
 run_suites='for suite; do echo "=== $suite"; "$suite" --test-threads=1 || exit 1; done'
@@ -108,8 +109,16 @@ fi
 dirs=$(ls -d /tmp/husk-root-* /tmp/husk-bundle-* /var/tmp/husk-{podman,docker,containerd}-* \
     /var/tmp/husk-engine-scratch-* /run/husk-sockets/* 2>/dev/null || true)
 dirs+=$(ip netns list 2>/dev/null | grep -E '^husk-' || true)
+# Taps, veths and ingress qdiscs in the host's namespace (the tests' own
+# namespaces are listed above).
+dirs+=$(ip -o link show 2>/dev/null | grep -E 'husk-tap|: hv[0-9]+[ab][0-9]+' || true)
+dirs+=$(tc qdisc show 2>/dev/null | grep -E 'ingress' || true)
+# The engines' firewall rules live in their own namespaces.
+for table in filter nat; do
+    dirs+=$(iptables -t "$table" -S 2>/dev/null | grep -E 'DOCKER|NETAVARK|CNI-' || true)
+done
 if [[ -n $dirs ]]; then
-    echo "state directories left behind by the tests:" >&2
+    echo "state directories, namespaces, links or qdiscs left behind by the tests:" >&2
     echo "$dirs" >&2
     exit 1
 fi

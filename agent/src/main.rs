@@ -8,6 +8,7 @@
 
 mod container;
 mod init;
+mod network;
 mod outbox;
 mod reaper;
 mod server;
@@ -48,6 +49,9 @@ fn run() -> Result<server::Outcome> {
     reaper::block_sigchld().context("blocking SIGCHLD")?;
     init::leave_initramfs().context("moving the root off the initramfs")?;
     init::mount_base(&LinuxSyscalls)?;
+    if let Err(e) = network::bring_up_loopback() {
+        log(&format!("{e:#}"));
+    }
     let share = init::mount_share(&LinuxSyscalls);
     if let Err(e) = &share {
         log(e);

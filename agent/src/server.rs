@@ -12,6 +12,7 @@ use husk_protocol::{
 };
 
 use crate::container::Sandbox;
+use crate::network::GuestNetwork;
 use crate::outbox::Outbox;
 
 /// Largest file [`Request::ReadFile`] returns; keeps the answer under the
@@ -36,6 +37,7 @@ pub fn serve<R: Read>(
     share_root: &Path,
 ) -> Result<Outcome, FrameError> {
     let sandbox = Sandbox::new(outbox.clone(), share_root);
+    let network = GuestNetwork::default();
     loop {
         let message = match reader.read_frame::<HostMessage>() {
             Ok(Some(m)) => m,
@@ -52,7 +54,7 @@ pub fn serve<R: Read>(
         match message {
             HostMessage::Request { id, request } => {
                 let shutdown = request == Request::Shutdown;
-                let result = handle(request, share_root, &sandbox);
+                let result = handle(request, share_root, &sandbox, &network);
                 if let Err(e) = outbox.send(&GuestMessage::Response { id, result }) {
                     if !e.is_recoverable() {
                         return Err(e);
@@ -75,8 +77,13 @@ pub fn handle(
     request: Request,
     share_root: &Path,
     sandbox: &Sandbox,
+    network: &GuestNetwork,
 ) -> Result<Response, AgentError> {
     match request {
+        Request::ConfigureNetwork(description) => network
+            .configure(&description)
+            .map(|()| Response::Done)
+            .map_err(|e| AgentError::new(format!("configuring the network: {e:#}"))),
         Request::Ping => Ok(Response::Pong {
             boot_time_ns: boot_time_ns(),
         }),

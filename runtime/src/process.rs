@@ -16,6 +16,26 @@ use std::path::Path;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
+/// Makes `fds` (open in this process, close-on-exec) inherited by the
+/// child `cmd` starts, under the same numbers.
+pub fn inherit_fds(cmd: &mut Command, fds: Vec<std::os::fd::RawFd>) {
+    if fds.is_empty() {
+        return;
+    }
+    // SAFETY: the closure only calls fcntl(2), which is async-signal-safe,
+    // on fds the caller keeps open until the spawn returns.
+    unsafe {
+        cmd.pre_exec(move || {
+            for &fd in &fds {
+                if libc::fcntl(fd, libc::F_SETFD, 0) != 0 {
+                    return Err(io::Error::last_os_error());
+                }
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running child that is killed and reaped on drop.
 #[derive(Debug)]
 pub struct ChildGuard {

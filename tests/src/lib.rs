@@ -9,6 +9,7 @@
 
 pub mod cli;
 pub mod engines;
+pub mod net;
 pub mod podman;
 pub mod rootfs;
 

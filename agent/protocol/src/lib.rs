@@ -17,6 +17,7 @@
 pub mod bytes;
 pub mod frame;
 pub mod message;
+pub mod net;
 pub mod oci;
 
 pub use bytes::Bytes;
@@ -25,7 +26,7 @@ pub use message::*;
 
 /// The protocol version this crate speaks. Bump it on any incompatible change
 /// to the messages.
-pub const PROTOCOL_VERSION: u32 = 2;
+pub const PROTOCOL_VERSION: u32 = 3;
 
 /// The vsock port on the host (CID 2) that the agent connects to at boot.
 pub const AGENT_PORT: u32 = 1024;

@@ -91,6 +91,10 @@ pub enum Request {
     Stats,
     /// Changes the container's cgroup limits.
     Update(Box<crate::oci::Resources>),
+    /// Configures the guest's NICs and the DNS relays (before the first
+    /// container, and again for interfaces the engine added later);
+    /// answered with [`Response::Done`].
+    ConfigureNetwork(Box<crate::net::Network>),
 }
 
 /// Identifies a process the host started: 0 is the container's init.
@@ -374,6 +378,7 @@ mod tests {
             Request::Pause,
             Request::Processes,
             Request::Update(Box::default()),
+            Request::ConfigureNetwork(Box::default()),
         ];
         for request in requests {
             let msg = HostMessage::Request { id: 2, request };

@@ -138,12 +138,15 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             // The rootfs always gets its own mount namespace. So does the
             // cgroup view: the guest's root cgroup is nothing to share, and
             // a private view shows the container its own limits at
-            // /sys/fs/cgroup (docker on a v1 host asks for none).
+            // /sys/fs/cgroup (docker on a v1 host asks for none). The
+            // network is the sandbox's: the guest's own namespace, where
+            // the agent configured the NICs of the namespace the engine
+            // gave the container on the host.
             let mut flags = CloneFlags::CLONE_NEWNS;
             new_cgroup_ns = true;
             for kind in &spec.namespaces {
                 match clone_flag(kind) {
-                    Some(CloneFlags::CLONE_NEWCGROUP) => {}
+                    Some(CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWNET) => {}
                     Some(f) => flags |= f,
                     None => anyhow::bail!("linux.namespaces: type {kind:?} is not supported"),
                 }

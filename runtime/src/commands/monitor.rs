@@ -4,7 +4,7 @@
 use std::os::fd::FromRawFd;
 use std::path::PathBuf;
 
-use husk::oci::lifecycle::READY_FD;
+use husk::oci::lifecycle::{GO_FD, READY_FD};
 use husk::sandbox::monitor::{self, MonitorArgs};
 
 use super::Global;
@@ -25,18 +25,27 @@ pub struct Args {
 /// Runs the monitor until the container ends.
 pub fn run(global: &Global, args: Args) -> anyhow::Result<i32> {
     // SAFETY: `create` placed the write end of its ready pipe at READY_FD
-    // for us; nothing else in this process uses that fd.
-    let ready = unsafe { std::fs::File::from_raw_fd(READY_FD) };
-    // The VMM and its helpers must not inherit it: create waits for EOF.
-    nix::fcntl::fcntl(
-        READY_FD,
-        nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
-    )?;
+    // and the read end of its go pipe at GO_FD for us; nothing else in
+    // this process uses those fds.
+    let (ready, go) = unsafe {
+        (
+            std::fs::File::from_raw_fd(READY_FD),
+            std::fs::File::from_raw_fd(GO_FD),
+        )
+    };
+    // The VMM and its helpers must not inherit them: create waits for EOF.
+    for fd in [READY_FD, GO_FD] {
+        nix::fcntl::fcntl(
+            fd,
+            nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+        )?;
+    }
     Ok(monitor::run(MonitorArgs {
         dir: global.root.join(&args.id),
         id: args.id,
         bundle: args.bundle,
         console_socket: args.console_socket,
         ready,
+        go,
     }))
 }

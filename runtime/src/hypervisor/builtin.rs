@@ -8,13 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use husk_vm_spec::control::{self, ControlRequest};
-use husk_vm_spec::{Device, VmSpec};
+use husk_vm_spec::{Device, NetDevice, VmSpec};
 
 use crate::config::{resolve_binary, Config};
 
 use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
-use super::{Hypervisor, HypervisorError, Vm, VmConfig, VmExit, GUEST_CID};
+use super::{Hypervisor, HypervisorError, Nic, Vm, VmConfig, VmExit, GUEST_CID};
 
 /// How long virtiofsd gets to exit by itself after the monitor is gone.
 const HELPER_GRACE: Duration = Duration::from_millis(500);
@@ -76,7 +76,16 @@ impl BuiltinBackend {
                     tag: husk_protocol::SHARE_TAG.into(),
                 },
                 Device::Rng,
-            ],
+            ]
+            .into_iter()
+            .chain(config.nics.iter().map(|nic| {
+                Device::Net(NetDevice {
+                    tap_fd: nic.fd(),
+                    mac: nic.mac.0,
+                    mtu: nic.mtu.and_then(|m| u16::try_from(m).ok()),
+                })
+            }))
+            .collect(),
         }
     }
 }
@@ -114,6 +123,7 @@ impl Hypervisor for BuiltinBackend {
             })?;
         let mut cmd = Command::new(vmm);
         cmd.arg("--config").arg(&spec_path);
+        crate::process::inherit_fds(&mut cmd, config.nics.iter().map(Nic::fd).collect());
         let process = MonitorProcess::spawn(
             VMM_BINARY,
             cmd,
@@ -198,6 +208,7 @@ mod tests {
             shared_dir: "/share".into(),
             state_dir: "/run/husk/x".into(),
             cmdline_extra: vec![],
+            nics: vec![],
         };
         BuiltinBackend::from_config(&Config::default())
             .vm_spec(&config, Path::new("/run/husk/x/virtiofsd.sock"))

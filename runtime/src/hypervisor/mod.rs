@@ -15,8 +15,12 @@ pub mod monitor_process;
 pub mod qemu;
 pub mod vhost_user;
 
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use husk_protocol::net::MacAddr;
 
 use crate::config::{Accel, BackendChoice, Config};
 use crate::host::Virtualization;
@@ -81,6 +85,27 @@ pub struct VmConfig {
     pub state_dir: PathBuf,
     /// Extra kernel command-line arguments.
     pub cmdline_extra: Vec<String>,
+    /// The NICs, each on a tap the VMM inherits.
+    pub nics: Vec<Nic>,
+}
+
+/// A guest NIC backed by a tap.
+#[derive(Debug, Clone)]
+pub struct Nic {
+    /// The tap, opened with `IFF_TAP | IFF_NO_PI | IFF_VNET_HDR`; the VMM
+    /// inherits it under the same fd number.
+    pub tap: Arc<OwnedFd>,
+    /// The guest NIC's MAC.
+    pub mac: MacAddr,
+    /// Its MTU, if the device should announce one.
+    pub mtu: Option<u32>,
+}
+
+impl Nic {
+    /// The fd number the VMM finds the tap under.
+    pub fn fd(&self) -> RawFd {
+        self.tap.as_raw_fd()
+    }
 }
 
 impl VmConfig {
@@ -99,6 +124,7 @@ impl VmConfig {
                 .split_whitespace()
                 .map(String::from)
                 .collect(),
+            nics: Vec::new(),
         }
     }
 
@@ -361,6 +387,7 @@ mod tests {
             shared_dir: "/".into(),
             state_dir: "/tmp".into(),
             cmdline_extra: vec!["husk.port=5".into()],
+            nics: vec![],
         };
         let line = vm.base_cmdline().join(" ");
         assert!(

@@ -17,7 +17,7 @@ use crate::config::{resolve_binary, Config};
 
 use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
-use super::{Hypervisor, HypervisorError, Vm, VmConfig, VmExit, GUEST_CID};
+use super::{Hypervisor, HypervisorError, Nic, Vm, VmConfig, VmExit, GUEST_CID};
 
 /// How long virtiofsd gets to exit by itself after QEMU is gone.
 const HELPER_GRACE: Duration = Duration::from_millis(500);
@@ -113,6 +113,17 @@ impl QemuBackend {
             &format!("socket,id=vsock,path={}", vsock_socket.display()),
         ]);
         push(&["-device", "vhost-user-vsock-device,chardev=vsock"]);
+        for (index, nic) in config.nics.iter().enumerate() {
+            push(&[
+                "-netdev",
+                &format!("tap,id=net{index},fd={},vhost=off", nic.fd()),
+            ]);
+            let mut device = format!("virtio-net-device,netdev=net{index},mac={}", nic.mac);
+            if let Some(mtu) = nic.mtu {
+                device.push_str(&format!(",host_mtu={mtu}"));
+            }
+            push(&["-device", &device]);
+        }
         args
     }
 }
@@ -141,6 +152,7 @@ impl Hypervisor for QemuBackend {
 
         let mut cmd = Command::new(qemu);
         cmd.args(self.qemu_args(config, &fs.socket, &vsock.socket));
+        crate::process::inherit_fds(&mut cmd, config.nics.iter().map(Nic::fd).collect());
         let qemu = MonitorProcess::spawn(
             "qemu",
             cmd,
@@ -205,6 +217,9 @@ impl Drop for QemuVm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use husk_protocol::net::MacAddr;
+    use std::os::fd::OwnedFd;
+    use std::sync::Arc;
 
     fn vm_config() -> VmConfig {
         VmConfig {
@@ -215,6 +230,7 @@ mod tests {
             shared_dir: "/share".into(),
             state_dir: "/run/husk/x".into(),
             cmdline_extra: vec![],
+            nics: vec![],
         }
     }
 
@@ -282,6 +298,49 @@ mod tests {
                 "vhost-user-fs-device,chardev=fs,tag=husk",
                 "vhost-user-vsock-device,chardev=vsock"
             ]
+        );
+    }
+
+    #[test]
+    fn nics_are_taps_passed_as_fds_with_their_mac_and_mtu() {
+        let tap = Arc::new(OwnedFd::from(std::fs::File::open("/dev/null").unwrap()));
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&*tap);
+        let mut config = vm_config();
+        config.nics = vec![
+            Nic {
+                tap: Arc::clone(&tap),
+                mac: MacAddr([2, 0x42, 0xac, 0x11, 0, 2]),
+                mtu: Some(1450),
+            },
+            Nic {
+                tap,
+                mac: MacAddr([2, 0, 0, 0, 0, 9]),
+                mtu: None,
+            },
+        ];
+        let backend = QemuBackend::from_config(&Config::default(), false);
+
+        let args: Vec<String> = backend
+            .qemu_args(&config, Path::new("/s/fs.sock"), Path::new("/s/vsock.sock"))
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+
+        assert_eq!(
+            value_of(&args, "-netdev"),
+            [
+                format!("tap,id=net0,fd={fd},vhost=off"),
+                format!("tap,id=net1,fd={fd},vhost=off")
+            ]
+        );
+        let devices = value_of(&args, "-device");
+        assert!(
+            devices.contains(&"virtio-net-device,netdev=net0,mac=02:42:ac:11:00:02,host_mtu=1450"),
+            "{devices:?}"
+        );
+        assert!(
+            devices.contains(&"virtio-net-device,netdev=net1,mac=02:00:00:00:00:09"),
+            "{devices:?}"
         );
     }
 

@@ -2,13 +2,17 @@
 //! each a short sequence of named steps, shared by the commands that use
 //! them.
 //!
-//! `create` starts the monitor as its child with a pipe on fd 3 and waits
-//! for the monitor's "ok" (or its error). On any failure everything created
-//! so far is removed: the state directory, the share, the monitor.
+//! `create` starts the monitor as its child with two pipes: fd 3, on which
+//! the monitor reports "ok" (or its error) once the container is created in
+//! the guest, and fd 4, on which `create` says "go" once the createRuntime
+//! and prestart hooks ran. The monitor prepares the share meanwhile, then
+//! reads the namespace the engine (or a hook: docker's libnetwork-setkey)
+//! filled and boots the VM with its NICs. On any failure everything
+//! created so far is removed: the state directory, the share, the monitor.
 
 use std::fs;
-use std::io::Read;
-use std::os::fd::AsRawFd;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -22,11 +26,13 @@ use crate::oci::hooks;
 use crate::oci::spec::Bundle;
 use crate::oci::state::{check_id, now_rfc3339, process_alive, process_start_time, Record, Status};
 use crate::sandbox::control::{ControlReply, ControlRequest};
-use crate::sandbox::netns::{self, NetnsPlan};
-use crate::sandbox::{host_cgroup, share, socket_dir};
+use crate::sandbox::netns::NetnsPlan;
+use crate::sandbox::{host_cgroup, network, share, socket_dir};
 
 /// The fd on which the monitor reports readiness.
 pub const READY_FD: i32 = 3;
+/// The fd on which the monitor waits for "go" (the hooks ran).
+pub const GO_FD: i32 = 4;
 
 /// How long `delete` waits for a killed container's monitor to finish.
 const STOP_TIMEOUT: Duration = Duration::from_secs(15);
@@ -88,27 +94,29 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
             );
         }
         let terminal = bundle.process().terminal;
-        let (child, ready) = spawn_monitor(opts, &bundle.dir, netns, terminal)?;
+        let (child, ready, go) = spawn_monitor(opts, &bundle.dir, netns, terminal)?;
         let child = monitor.insert(child);
         record.pid = child.id() as i32;
         record.pid_start = process_start_time(record.pid).unwrap_or(0);
-        let saved = record.save(&dir).context("writing state.json");
-        // A namespace the engine prepared (podman) is checked before the
-        // VM boots; one a prestart hook fills (docker) after the hooks.
-        let checked = netns::refuse_connected(record.pid);
-        let ready = saved.and(checked).and_then(|()| wait_ready(child, ready));
-        ready?;
-        let state = record.state(Status::Created);
+        record.save(&dir).context("writing state.json")?;
+        // runc runs these in the created namespaces before the container's
+        // process starts; the engine's hooks fill the network namespace
+        // (docker's libnetwork-setkey), which the monitor reads after "go".
         let all = bundle.spec.hooks.clone().unwrap_or_default();
-        let steps = [
+        let creating = record.state(Status::Creating);
+        for (kind, list) in [
             ("createRuntime", &all.create_runtime),
             ("prestart", &all.prestart),
-            ("createContainer", &all.create_container),
-        ];
-        for (kind, list) in steps {
-            hooks::run(kind, list, &state).map_err(anyhow::Error::msg)?;
+        ] {
+            hooks::run(kind, list, &creating).map_err(anyhow::Error::msg)?;
         }
-        netns::refuse_connected(record.pid)?;
+        let mut go = go;
+        go.write_all(crate::sandbox::monitor::GO_LINE.as_bytes())
+            .context("telling the monitor to go on")?;
+        drop(go);
+        wait_ready(child, ready)?;
+        hooks::run("createContainer", &all.create_container, &creating)
+            .map_err(anyhow::Error::msg)?;
         if let Some(path) = &opts.pid_file {
             write_pid_file(path, record.pid)?;
         }
@@ -162,8 +170,9 @@ fn spawn_monitor(
     bundle: &Path,
     netns: NetnsPlan,
     terminal: bool,
-) -> Result<(Child, std::io::PipeReader)> {
+) -> Result<(Child, std::io::PipeReader, std::io::PipeWriter)> {
     let (ready_r, ready_w) = std::io::pipe().context("creating the ready pipe")?;
+    let (go_r, go_w) = std::io::pipe().context("creating the go pipe")?;
     let exe = std::env::current_exe().context("finding the husk binary")?;
     let mut command = Command::new(exe);
     command
@@ -184,29 +193,42 @@ fn spawn_monitor(
             .stdout(Stdio::null())
             .stderr(Stdio::null());
     }
-    let ready_fd = ready_w.as_raw_fd();
-    // SAFETY: setsid, dup2, fcntl, close_range, unshare and setns are
+    // Both are moved above the fds they land on first, so that placing
+    // one never overwrites the other.
+    let ready_fd = fcntl_dup_above(&ready_w, GO_FD + 1)?;
+    let go_fd = fcntl_dup_above(&go_r, GO_FD + 1)?;
+    // SAFETY: setsid, dup2, close_range, unshare and setns are
     // async-signal-safe and only change this child.
     unsafe {
         command.pre_exec(move || {
             libc::setsid();
             netns.enter()?;
-            let rc = if ready_fd == READY_FD {
-                libc::fcntl(ready_fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(ready_fd, READY_FD)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
+            for (from, to) in [(ready_fd.as_raw_fd(), READY_FD), (go_fd.as_raw_fd(), GO_FD)] {
+                if libc::dup2(from, to) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
             }
             // Fds the engine leaked to us are not the monitor's.
-            libc::syscall(libc::SYS_close_range, READY_FD + 1, u32::MAX, 0);
+            libc::syscall(libc::SYS_close_range, GO_FD + 1, u32::MAX, 0);
             Ok(())
         });
     }
     let child = command.spawn().context("starting the monitor")?;
     drop(ready_w);
-    Ok((child, ready_r))
+    drop(go_r);
+    Ok((child, ready_r, go_w))
+}
+
+/// A close-on-exec duplicate of `fd` numbered `min` or above.
+fn fcntl_dup_above(fd: &impl AsFd, min: i32) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC duplicates an fd we borrow; the new fd is
+    // ours alone.
+    let new = unsafe { libc::fcntl(fd.as_fd().as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error()).context("duplicating a pipe for the monitor");
+    }
+    // SAFETY: `new` is a fresh fd that nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
 }
 
 /// Waits for the monitor's "ok"; on anything else, waits for it to exit.
@@ -264,6 +286,12 @@ pub fn delete(container: &Container, force: bool) -> Result<()> {
     if container.monitor_alive() {
         // Also when "stopped": the monitor may still be tearing the VM down.
         stop_monitor(container);
+    }
+    // What a killed monitor left in the engine's namespace.
+    if let Some(record) = network::record::Record::load(&container.dir) {
+        if let Err(e) = record.undo() {
+            eprintln!("husk: warning: undoing the network redirects of {id}: {e}");
+        }
     }
     share::remove_dir(&container.dir.join("shared"))?;
     socket_dir::remove(&container.dir)

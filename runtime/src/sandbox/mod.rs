@@ -2,8 +2,9 @@
 //! process ([`monitor`]) with its share ([`share`]), the agent connection
 //! shared by its threads ([`agent_mux`]), stdio relays ([`stdio`], [`tty`]),
 //! signal forwarding ([`signals`]), the VM's size ([`sizing`]), its network
-//! namespace ([`netns`]), where its sockets live ([`socket_dir`]), and the
-//! control socket the other commands use ([`control`]).
+//! namespace ([`netns`]) and the network carried from it into the VM
+//! ([`network`]), where its sockets live ([`socket_dir`]), and the control
+//! socket the other commands use ([`control`]).
 
 pub mod agent_mux;
 pub mod control;
@@ -11,6 +12,7 @@ pub mod exec_relay;
 pub mod host_cgroup;
 pub mod monitor;
 pub mod netns;
+pub mod network;
 pub mod share;
 pub mod signals;
 pub mod sizing;

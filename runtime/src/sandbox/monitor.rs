@@ -32,6 +32,7 @@ use crate::oci::spec::Bundle;
 use crate::oci::state::Status;
 use crate::sandbox::agent_mux::{AgentMux, Events, MuxError};
 use crate::sandbox::control::{self, ControlReply, ControlRequest};
+use crate::sandbox::network::{self, HostNetwork};
 use crate::sandbox::share::Share;
 use crate::sandbox::stdio::{relay_input, OutputSink};
 use crate::sandbox::{host_cgroup, signals, sizing, socket_dir, tty};
@@ -41,6 +42,11 @@ const AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// How long the guest gets to power off before the VM is killed.
 const SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What `create` writes on the go pipe once the createRuntime and
+/// prestart hooks ran: the network namespace is then as the engine wants
+/// it.
+pub const GO_LINE: &str = "go\n";
 
 /// What the monitor is started with.
 pub struct MonitorArgs {
@@ -54,6 +60,8 @@ pub struct MonitorArgs {
     pub console_socket: Option<PathBuf>,
     /// Where to report "ok" or the error that ended setup.
     pub ready: std::fs::File,
+    /// Where `create` says [`GO_LINE`] once its hooks ran.
+    pub go: std::fs::File,
 }
 
 /// What the monitor waits for after setup.
@@ -71,6 +79,10 @@ struct Shared {
     next_process: AtomicU32,
     /// The pty the monitor's own process relays, for resizes.
     tty: Option<OwnedFd>,
+    /// The namespace's interfaces connected to the VM.
+    network: Mutex<HostNetwork>,
+    /// The state directory (for the network record).
+    dir: PathBuf,
 }
 
 /// The reader thread's sink: routes output to fds, exits to waiters, and
@@ -125,7 +137,7 @@ impl Router {
 pub fn run(mut args: MonitorArgs) -> i32 {
     let blocked = signals::block_forwarded();
     let result = setup(&mut args);
-    let (shared, vm, share, ending) = match result {
+    let (shared, vm, share, ending, dns) = match result {
         Ok(parts) => parts,
         Err(e) => {
             let _ = writeln!(args.ready, "{e:#}");
@@ -150,6 +162,9 @@ pub fn run(mut args: MonitorArgs) -> i32 {
         Err(_) => 255,
     };
     finish(&shared, vm, share, &args.dir);
+    if let Some(socket) = dns {
+        let _ = std::fs::remove_file(socket);
+    }
     code
 }
 
@@ -158,7 +173,49 @@ type SetupParts = (
     Box<dyn Vm>,
     Share,
     std::sync::mpsc::Receiver<Ending>,
+    Option<PathBuf>,
 );
+
+/// Waits for `create`'s [`GO_LINE`]; anything else means create gave up.
+fn wait_for_go(go: &mut std::fs::File) -> Result<()> {
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(go), &mut line)
+        .context("waiting for create's hooks")?;
+    if line != GO_LINE {
+        bail!("create went away before its hooks ran");
+    }
+    Ok(())
+}
+
+/// Connects the namespace's interfaces and records what that changed
+/// there (for `delete` after a crash).
+fn connect_network(dir: &Path, bundle: &Bundle) -> Result<HostNetwork> {
+    let joined = bundle
+        .linux()
+        .namespaces
+        .iter()
+        .find(|ns| ns.kind == "network")
+        .and_then(|ns| ns.path.clone())
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from);
+    // A standby NIC only in an engine's namespace: it may fill it later.
+    let seed = joined.as_ref().map(|_| {
+        use std::hash::{BuildHasher, Hasher};
+        // Keyed by the OS's randomness.
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    let network = HostNetwork::connect(seed)?;
+    let record = network::record::Record {
+        netns: network::record::lasting_path(joined.as_deref()),
+        redirected: network.redirected(),
+    };
+    record
+        .save(dir)
+        .with_context(|| format!("writing {}", network::record::FILE))?;
+    Ok(network)
+}
 
 fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
     let bundle = Bundle::load(&args.bundle)?;
@@ -191,9 +248,22 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         None
     };
 
+    wait_for_go(&mut args.go)?;
+    let network = connect_network(&args.dir, &bundle)?;
     let sockets = socket_dir::create(&args.dir)
         .with_context(|| format!("creating the socket directory of {}", args.dir.display()))?;
     let mut vm_config = VmConfig::from_config(&config, &sockets, share.dir());
+    vm_config.nics = network.nics();
+    let dns_relays =
+        network::dns::loopback_nameservers(&bundle.spec.mounts, &bundle.dir, &bundle.rootfs);
+    let dns_socket = if dns_relays.is_empty() {
+        None
+    } else {
+        let socket = network::dns::socket_path(&vm_config.vsock_uds());
+        network::dns::serve(&socket, dns_relays.clone())
+            .with_context(|| format!("serving DNS relays on {}", socket.display()))?;
+        Some(socket)
+    };
     let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
     vm_config.memory_mib = sizing::memory_mib(linux.resources.as_ref(), config.memory_mib);
     vm_config.vcpus = sizing::vcpus(linux.resources.as_ref(), config.vcpus, host_cpus);
@@ -234,8 +304,22 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         exits: Mutex::new(HashMap::new()),
         next_process: AtomicU32::new(1),
         tty: tty_fd,
+        network: Mutex::new(network),
+        dir: args.dir.clone(),
     });
     *slot.lock().unwrap() = Some(Arc::clone(&shared));
+    let description = shared.network.lock().unwrap().description(dns_relays);
+    let configured = mux.request(
+        Request::ConfigureNetwork(Box::new(description)),
+        AGENT_TIMEOUT,
+    );
+    if let Err(e) = configured {
+        mux.close();
+        let mut vm = vm;
+        let _ = vm.stop();
+        drop(share);
+        return Err(anyhow!("configuring the guest's network: {e}"));
+    }
 
     let spec = ContainerSpec {
         id: args.id.clone(),
@@ -268,7 +352,7 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
     )?;
     *shared.status.lock().unwrap() = Status::Created;
     serve_control(&args.dir, Arc::clone(&shared))?;
-    Ok((shared, vm, share, ending_rx))
+    Ok((shared, vm, share, ending_rx, dns_socket))
 }
 
 /// Powers the guest off, stops the VM, unmounts the share, removes the socket.
@@ -281,6 +365,8 @@ fn finish(shared: &Shared, mut vm: Box<dyn Vm>, share: Share, dir: &Path) {
     if let Err(e) = vm.stop() {
         log(dir, &format!("stopping the VM: {e}"));
     }
+    shared.network.lock().unwrap().teardown();
+    let _ = std::fs::remove_file(dir.join(network::record::FILE));
     shared.outputs.lock().unwrap().clear();
     if let Err(e) = share.remove() {
         log(dir, &format!("removing the share: {e:#}"));
@@ -356,6 +442,7 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
             if !status.can_start() {
                 bail!("cannot start a container that is {status}");
             }
+            connect_late_interfaces(shared)?;
             agent(shared, Request::StartContainer)?;
             set_status(Status::Running);
             Ok(ControlReply::Done)
@@ -430,6 +517,25 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
         }
         ControlRequest::Exec(_) => bail!("exec is handled with its fds"),
     }
+}
+
+/// Connects an interface the engine added to the namespace since create
+/// (docker 26 and later) to the standby NIC, before the workload starts.
+fn connect_late_interfaces(shared: &Shared) -> Result<()> {
+    let mut network = shared.network.lock().unwrap();
+    let Some(late) = network.connect_late()? else {
+        return Ok(());
+    };
+    let record = network::record::Record {
+        netns: network::record::Record::load(&shared.dir).and_then(|r| r.netns),
+        redirected: network.redirected(),
+    };
+    drop(network);
+    record
+        .save(&shared.dir)
+        .with_context(|| format!("writing {}", network::record::FILE))?;
+    agent(shared, Request::ConfigureNetwork(Box::new(late)))?;
+    Ok(())
 }
 
 /// Runs an exec'd process with the caller's fds as its stdio; answers
