@@ -382,6 +382,28 @@ fn a_tun_device_in_the_namespace_is_refused_by_name_and_nothing_is_left() {
 }
 
 #[test]
+fn a_second_container_in_the_same_namespace_is_refused_clearly() {
+    let cli = cli_or_skip!();
+    let net = VethPair::connected();
+    let first = bundle_in(&cli, &net.container, "sleep 1000");
+    assert!(cli.detached(["create", "--bundle", &first.path(), "first"]));
+    let second = bundle_in(&cli, &net.container, "true");
+
+    let out = cli.output(["create", "--bundle", &second.path(), "second"]);
+
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("eth0") && stderr.contains("--network container"),
+        "{stderr}"
+    );
+    assert_eq!(cli.ids(), ["first"]);
+    let delete = cli.output(["delete", "--force", "first"]);
+    assert!(delete.status.success(), "{}", text(&delete.stderr));
+    assert_eq!(net.husk_leftovers(), Vec::<String>::new());
+}
+
+#[test]
 fn a_network_namespace_path_that_does_not_exist_is_named() {
     let cli = cli_or_skip!();
     let mut bundle = cli.bundle(&["true"]);

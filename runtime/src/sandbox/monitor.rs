@@ -206,12 +206,10 @@ fn connect_network(dir: &Path, bundle: &Bundle) -> Result<HostNetwork> {
             .build_hasher()
             .finish()
     });
-    let network = HostNetwork::connect(seed)?;
-    let record = network::record::Record {
-        netns: network::record::lasting_path(joined.as_deref()),
-        redirected: network.redirected(),
-    };
-    record
+    let lasting = network::record::lasting_path(joined.as_deref());
+    let network = HostNetwork::connect(seed, lasting)?;
+    network
+        .record()
         .save(dir)
         .with_context(|| format!("writing {}", network::record::FILE))?;
     Ok(network)
@@ -308,19 +306,6 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         dir: args.dir.clone(),
     });
     *slot.lock().unwrap() = Some(Arc::clone(&shared));
-    let description = shared.network.lock().unwrap().description(dns_relays);
-    let configured = mux.request(
-        Request::ConfigureNetwork(Box::new(description)),
-        AGENT_TIMEOUT,
-    );
-    if let Err(e) = configured {
-        mux.close();
-        let mut vm = vm;
-        let _ = vm.stop();
-        drop(share);
-        return Err(anyhow!("configuring the guest's network: {e}"));
-    }
-
     let spec = ContainerSpec {
         id: args.id.clone(),
         rootfs: crate::sandbox::share::ROOTFS.into(),
@@ -336,13 +321,23 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         seccomp: linux.seccomp.clone(),
         resources: linux.resources.clone().unwrap_or_default(),
     };
-    let created = mux.request(Request::CreateContainer(Box::new(spec)), AGENT_TIMEOUT);
-    if let Err(e) = created {
+    let description = shared.network.lock().unwrap().description(dns_relays);
+    let prepared = mux
+        .request(
+            Request::ConfigureNetwork(Box::new(description)),
+            AGENT_TIMEOUT,
+        )
+        .map_err(|e| anyhow!("configuring the guest's network: {e}"))
+        .and_then(|_| {
+            mux.request(Request::CreateContainer(Box::new(spec)), AGENT_TIMEOUT)
+                .map_err(|e| anyhow!("creating the container in the guest: {e}"))
+        });
+    if let Err(e) = prepared {
         mux.close();
         let mut vm = vm;
         let _ = vm.stop();
         drop(share);
-        return Err(anyhow!("creating the container in the guest: {e}"));
+        return Err(e);
     }
     relay_input(
         stdin,
@@ -526,10 +521,7 @@ fn connect_late_interfaces(shared: &Shared) -> Result<()> {
     let Some(late) = network.connect_late()? else {
         return Ok(());
     };
-    let record = network::record::Record {
-        netns: network::record::Record::load(&shared.dir).and_then(|r| r.netns),
-        redirected: network.redirected(),
-    };
+    let record = network.record();
     drop(network);
     record
         .save(&shared.dir)

@@ -98,14 +98,20 @@ pub struct HostNetwork {
     routes: Vec<husk_protocol::net::Route>,
     neighbours: Vec<husk_protocol::net::Neighbour>,
     taps: u32,
+    /// A path of the namespace that outlives the monitor, for the record.
+    lasting: Option<std::path::PathBuf>,
 }
 
 impl HostNetwork {
     /// Connects every interface of the calling thread's namespace to a new
     /// tap, or, when there is none and `standby` is `Some(seed)`, prepares
-    /// a standby tap (the seed makes its MAC). On error, nothing it made is
-    /// left.
-    pub fn connect(standby: Option<u64>) -> Result<HostNetwork, NetworkError> {
+    /// a standby tap (the seed makes its MAC). `lasting` is a path of the
+    /// namespace that outlives the monitor, for [`HostNetwork::record`]. On
+    /// error, nothing it made is left.
+    pub fn connect(
+        standby: Option<u64>,
+        lasting: Option<std::path::PathBuf>,
+    ) -> Result<HostNetwork, NetworkError> {
         let netlink = Netlink::open().map_err(NetworkError::netlink("opening netlink"))?;
         let mut network = HostNetwork {
             netlink,
@@ -114,6 +120,7 @@ impl HostNetwork {
             routes: Vec::new(),
             neighbours: Vec::new(),
             taps: 0,
+            lasting,
         };
         let scan = scan::scan(&mut network.netlink, &[], &[])?;
         if let Err(e) = network.connect_scan(scan) {
@@ -133,6 +140,23 @@ impl HostNetwork {
 
     /// Connects what a scan found; records its routes and neighbours.
     fn connect_scan(&mut self, scan: Scan) -> Result<(), NetworkError> {
+        for carried in &scan.carried {
+            let redirects =
+                self.netlink
+                    .redirects(carried.index)
+                    .map_err(NetworkError::netlink(format!(
+                        "reading the filters of {}",
+                        carried.name
+                    )))?;
+            if !redirects.is_empty() {
+                return Err(NetworkError::Refused {
+                    interface: carried.name.clone(),
+                    why: "its traffic is already redirected, to another VM's tap: a VM cannot \
+                          share the network of another container (--network container:NAME)"
+                        .into(),
+                });
+            }
+        }
         for carried in scan.carried {
             let (tap, tap_index) = self.new_tap(Some(carried.mtu))?;
             self.redirect(&carried, tap_index)?;
@@ -251,12 +275,16 @@ impl HostNetwork {
         }
     }
 
-    /// The engine's interfaces husk redirected: (index, name).
-    pub fn redirected(&self) -> Vec<(u32, String)> {
-        self.connected
-            .iter()
-            .map(|c| (c.carried.index, c.carried.name.clone()))
-            .collect()
+    /// What `delete` needs to undo the redirects if the monitor dies.
+    pub fn record(&self) -> record::Record {
+        record::Record {
+            netns: self.lasting.clone(),
+            redirected: self
+                .connected
+                .iter()
+                .map(|c| (c.carried.index, c.carried.name.clone()))
+                .collect(),
+        }
     }
 
     /// Reads the namespace again and connects an interface that appeared

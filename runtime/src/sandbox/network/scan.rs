@@ -2,7 +2,7 @@
 //! gets, with their addresses, and the routes and permanent neighbours
 //! that go with them (shared/NETWORKING.md, "What the guest needs").
 //!
-//! The rules ([`classify`]): `lo` and husk's own taps are skipped; every
+//! The rules ([`classify`]): `lo` and husk's taps are skipped; every
 //! Ethernet link (veth, macvlan, ipvlan, ...) is carried, except a tap
 //! that a program in the namespace serves; a link of another kind (a tun
 //! device, wireguard, a tunnel) is refused by name, unless it is a
@@ -108,7 +108,11 @@ pub fn scan(netlink: &mut Netlink, ours: &[u32], known: &[u32]) -> Result<Scan, 
     let mut carried = Vec::new();
     for link in &links {
         let mine: Vec<&Address> = addresses.iter().filter(|a| a.index == link.index).collect();
-        match classify(link, !mine.is_empty(), ours.contains(&link.index)) {
+        // Another sandbox's tap in a shared namespace counts as husk's too:
+        // the interface it serves is then refused by name.
+        let husks = ours.contains(&link.index)
+            || (link.kind.as_deref() == Some("tun") && link.name.starts_with(super::TAP_PREFIX));
+        match classify(link, !mine.is_empty(), husks) {
             Verdict::Skip => {}
             Verdict::Refuse(why) => {
                 return Err(NetworkError::Refused {
