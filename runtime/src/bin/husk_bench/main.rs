@@ -19,6 +19,12 @@
 //! `husk-bench run --runs N --bundle DIR --husk BIN`: N times `husk run` of
 //! the bundle end to end (create, boot, start, exit, delete), alternating
 //! with N boots to the agent's hello, the floor any container start pays.
+//!
+//! `husk-bench net --runs N --rootfs DIR --husk BIN --runc BIN`: TCP
+//! throughput each way and round-trip latency between a peer namespace and
+//! a container, husk and runc alternating ([`net`]).
+
+mod net;
 
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
@@ -70,6 +76,24 @@ enum Bench {
         #[arg(long, default_value_t = 0)]
         recycle_mib: usize,
     },
+    /// TCP throughput and latency to a container, husk against runc.
+    Net {
+        /// Containers of each runtime.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// A rootfs with iperf3 and python3.
+        #[arg(long)]
+        rootfs: PathBuf,
+        /// The husk binary.
+        #[arg(long)]
+        husk: PathBuf,
+        /// The runc binary.
+        #[arg(long, default_value = "/usr/bin/runc")]
+        runc: PathBuf,
+        /// Seconds of each iperf3 test.
+        #[arg(long, default_value_t = 5)]
+        seconds: u32,
+    },
     /// `husk run` of a bundle end to end, next to the agent-hello boot time.
     Run {
         /// Runs of each kind.
@@ -84,33 +108,63 @@ enum Bench {
     },
 }
 
-/// Samples of one phase.
-#[derive(Default)]
-struct Samples(Vec<Duration>);
+/// A measured quantity: durations (shown in ms) or plain numbers.
+trait Metric: Copy + PartialOrd {
+    /// The mean of two values (for the median of an even count).
+    fn midpoint(self, other: Self) -> Self;
+    /// The value in the unit its rows show.
+    fn shown(self) -> f64;
+}
 
-impl Samples {
-    fn sorted(&self) -> Vec<Duration> {
+impl Metric for Duration {
+    fn midpoint(self, other: Self) -> Self {
+        (self + other) / 2
+    }
+    fn shown(self) -> f64 {
+        self.as_secs_f64() * 1000.0
+    }
+}
+
+impl Metric for f64 {
+    fn midpoint(self, other: Self) -> Self {
+        (self + other) / 2.0
+    }
+    fn shown(self) -> f64 {
+        self
+    }
+}
+
+/// Samples of one phase.
+struct Samples<T = Duration>(Vec<T>);
+
+impl<T> Default for Samples<T> {
+    fn default() -> Self {
+        Samples(Vec::new())
+    }
+}
+
+impl<T: Metric> Samples<T> {
+    fn sorted(&self) -> Vec<T> {
         let mut v = self.0.clone();
-        v.sort();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
         v
     }
-    fn median(&self) -> Duration {
+    fn median(&self) -> T {
         let v = self.sorted();
         let n = v.len();
         if n % 2 == 1 {
             v[n / 2]
         } else {
-            (v[n / 2 - 1] + v[n / 2]) / 2
+            v[n / 2 - 1].midpoint(v[n / 2])
         }
     }
     fn row(&self, name: &str) -> String {
         let v = self.sorted();
-        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
         format!(
             "{name:<34}{:>10.1}{:>10.1}{:>10.1}",
-            ms(v[0]),
-            ms(self.median()),
-            ms(v[v.len() - 1])
+            v[0].shown(),
+            self.median().shown(),
+            v[v.len() - 1].shown()
         )
     }
 }
@@ -123,6 +177,19 @@ fn main() -> Result<()> {
         } => bench_boot(runs, bare_initramfs),
         Bench::Run { runs, bundle, husk } => bench_run(runs, bundle, husk),
         Bench::Backends { runs, recycle_mib } => bench_backends(runs, recycle_mib),
+        Bench::Net {
+            runs,
+            rootfs,
+            husk,
+            runc,
+            seconds,
+        } => net::bench_net(net::NetArgs {
+            runs,
+            rootfs,
+            husk,
+            runc,
+            seconds,
+        }),
     }
 }
 
