@@ -20,7 +20,7 @@ log() { echo "install-deps: $*" >&2; }
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc xz-utils
     libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config
     podman conmon catatonit runc uidmap golang-github-containers-common busybox-static
-    netavark aardvark-dns iptables docker.io containerd debootstrap cpio kmod)
+    netavark aardvark-dns containernetworking-plugins iptables docker.io containerd debootstrap cpio kmod)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

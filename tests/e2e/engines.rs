@@ -1,8 +1,9 @@
 //! The engine suite: the same scenarios through podman, docker and
 //! containerd (ctr), each once with runc and once with husk, which must
 //! see the same output and exit codes. Where a VM is meant to differ (the
-//! CPUs and memory it was given, the default network it cannot join yet)
-//! the scenario checks husk's side on its own and compares the rest.
+//! CPUs and memory it was given, `--network host` it refuses) the
+//! scenario checks husk's side on its own and compares the rest. The
+//! network scenarios are in `engines/network.rs`.
 //!
 //! Each engine is one test that starts a private engine
 //! (`husk_tests::engines`), runs every scenario, reports each one, cleans
@@ -22,6 +23,9 @@ use husk_tests::engines::{
 };
 use husk_tests::podman::Podman;
 use husk_tests::{husk_binary, skip};
+
+#[path = "engines/network.rs"]
+mod network;
 
 /// One engine at a time.
 static ENGINES: Mutex<()> = Mutex::new(());
@@ -50,7 +54,6 @@ const SCENARIOS: &[(&str, Scenario)] = &[
         docker_pause_top_stats_update,
     ),
     ("debian-workload", debian_workload),
-    ("default-network", default_network),
 ];
 
 /// The container name of `tag` for `runtime` (unique per run).
@@ -428,46 +431,38 @@ fn debian_workload(engine: &dyn Engine, runtime: Runtime, _: &Path) -> Result<Se
     Ok(seen)
 }
 
-fn default_network(engine: &dyn Engine, runtime: Runtime, _: &Path) -> Result<Seen, String> {
-    let mut run = Run::new(&name("network", runtime), Image::Busybox, &["true"]);
-    run.default_network = true;
-    let out = run_with(engine, runtime, &run, None)?;
-    let refused = out
-        .stderr
-        .contains("husk does not connect guests to networks yet");
-    match (runtime, out.code) {
-        (_, Some(0)) => {}
-        (Runtime::Husk, Some(_)) if refused => {}
-        _ => {
-            return Err(format!(
-                "with the default network: {out:?} (husk must run it or refuse it at create, \
-                 naming the missing feature)"
-            ))
-        }
-    }
-    Ok(vec!["ran or was refused clearly".into()])
-}
-
-/// Force-removes the suite's containers a scenario left; returns them.
+/// Force-removes the suite's containers, then its networks, that a
+/// scenario left; returns them.
 fn remove_leftovers(engine: &dyn Engine) -> Vec<String> {
-    let left: Vec<String> = engine
-        .containers()
-        .unwrap_or_default()
-        .into_iter()
-        .filter(|name| name.starts_with("husk-e2e-"))
-        .collect();
-    for name in &left {
+    let ours = |names: Result<Vec<String>, String>| -> Vec<String> {
+        names
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|name| name.starts_with("husk-e2e-"))
+            .collect()
+    };
+    let containers = ours(engine.containers());
+    for name in &containers {
         if let Err(e) = engine.remove(name, true) {
             eprintln!("removing {name}: {e}");
         }
     }
-    left
+    let networks = ours(engine.networks());
+    for name in &networks {
+        if let Err(e) = engine.remove_network(name) {
+            eprintln!("removing the network {name}: {e}");
+        }
+    }
+    containers
+        .into_iter()
+        .chain(networks.into_iter().map(|n| format!("network {n}")))
+        .collect()
 }
 
 /// Runs every scenario with runc and husk; returns the failures.
 fn run_suite(engine: &dyn Engine, scratch: &Path) -> Vec<String> {
     let mut failures = Vec::new();
-    for (scenario_name, scenario) in SCENARIOS {
+    for (scenario_name, scenario) in SCENARIOS.iter().chain(network::SCENARIOS) {
         let mut seen = Vec::new();
         for runtime in [Runtime::Runc, Runtime::Husk] {
             let dir = scratch.join(format!("{scenario_name}-{}", runtime.name()));
@@ -477,7 +472,7 @@ fn run_suite(engine: &dyn Engine, scratch: &Path) -> Vec<String> {
                 .and_then(|()| scenario(engine, runtime, &dir));
             let left = remove_leftovers(engine);
             if result.is_ok() && !left.is_empty() {
-                result = Err(format!("containers left behind: {left:?}"));
+                result = Err(format!("left behind: {left:?}"));
             }
             eprintln!(
                 "{} {scenario_name} with {}: {} in {:.1?}",
@@ -507,6 +502,11 @@ fn run_suite(engine: &dyn Engine, scratch: &Path) -> Vec<String> {
     match engine.containers() {
         Ok(left) if left.is_empty() => {}
         Ok(left) => failures.push(format!("containers left after the suite: {left:?}")),
+        Err(e) => failures.push(e),
+    }
+    match engine.networks() {
+        Ok(left) if left.is_empty() => {}
+        Ok(left) => failures.push(format!("networks left after the suite: {left:?}")),
         Err(e) => failures.push(e),
     }
     failures

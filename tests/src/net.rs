@@ -233,16 +233,27 @@ impl VethPair {
     }
 }
 
-/// Runs `f` on a thread inside the network namespace at `path`.
+/// Runs `f` on a thread inside the network namespace at `path`; panics
+/// if it cannot enter it.
 pub fn in_netns<T: Send + 'static>(path: &Path, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let namespace = File::open(path).unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    try_in_netns(path, move || Ok(f())).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// Runs `f` on a thread inside the network namespace at `path`; an error
+/// names the namespace.
+pub fn try_in_netns<T: Send + 'static>(
+    path: &Path,
+    f: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, String> {
+    let shown = path.display().to_string();
+    let namespace = File::open(path).map_err(|e| format!("opening {shown}: {e}"))?;
     std::thread::spawn(move || {
         nix::sched::setns(&namespace, nix::sched::CloneFlags::CLONE_NEWNET)
-            .expect("entering the network namespace");
-        f()
+            .map_err(|e| format!("entering {shown}: {e}"))?;
+        f().map_err(|e| format!("in {shown}: {e}"))
     })
     .join()
-    .expect("the thread in the namespace panicked")
+    .map_err(|_| format!("the thread in {} panicked", path.display()))?
 }
 
 /// Points the bundle `config` (config.json as JSON) at the network

@@ -172,6 +172,7 @@ impl Podman {
             env_remove: vec!["CONTAINER_HOST", "CONTAINER_CONNECTION"],
             global_args,
             netns: self.netns.as_ref().map(TestNetns::path),
+            host_netns: self.netns.as_ref().map(TestNetns::path),
             runtime: RuntimeChoice::GlobalPath(runtimes),
         }
     }

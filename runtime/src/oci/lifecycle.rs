@@ -89,8 +89,9 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
         let netns = NetnsPlan::from_spec(&bundle.linux())?;
         if let NetnsPlan::Host = netns {
             bail!(
-                "the spec shares the host's network namespace (no network entry in \
-                 linux.namespaces, --network host), which a VM cannot do"
+                "the spec shares the host's network namespace (--network host: no network \
+                 entry in linux.namespaces, or one naming the runtime's own), which a VM \
+                 cannot do"
             );
         }
         let terminal = bundle.process().terminal;

@@ -198,14 +198,16 @@ fn connect_network(dir: &Path, bundle: &Bundle) -> Result<HostNetwork> {
         .and_then(|ns| ns.path.clone())
         .filter(|p| !p.is_empty())
         .map(PathBuf::from);
-    // A standby NIC only in an engine's namespace: it may fill it later.
-    let seed = joined.as_ref().map(|_| {
+    // A standby NIC in every namespace: an engine may fill its own later
+    // (docker 26), and one the monitor made through /proc/PID/ns/net
+    // between create and start (`ctr run --cni`).
+    let seed = {
         use std::hash::{BuildHasher, Hasher};
         // Keyed by the OS's randomness.
         std::collections::hash_map::RandomState::new()
             .build_hasher()
             .finish()
-    });
+    };
     let lasting = network::record::lasting_path(joined.as_deref());
     let network = HostNetwork::connect(seed, lasting)?;
     network

@@ -18,7 +18,9 @@ use crate::oci::spec::Linux;
 /// Where the monitor's network namespace comes from.
 #[derive(Debug)]
 pub enum NetnsPlan {
-    /// No `network` entry in `linux.namespaces`: the host's namespace.
+    /// The host's namespace: no `network` entry in `linux.namespaces`
+    /// (podman, CRI), or one whose path is the runtime's own namespace
+    /// (docker's `--network host` names its daemon's, `.../netns/default`).
     Host,
     /// A `network` entry without a path: a new, empty namespace.
     New,
@@ -39,6 +41,11 @@ impl NetnsPlan {
                 let file = File::open(path).with_context(|| {
                     format!("opening the network namespace {path} (linux.namespaces)")
                 })?;
+                if is_own_namespace(&file)
+                    .with_context(|| format!("reading the network namespace {path}"))?
+                {
+                    return Ok(NetnsPlan::Host);
+                }
                 Ok(NetnsPlan::Join(file.into()))
             }
         }
@@ -61,6 +68,15 @@ impl NetnsPlan {
         }
         Ok(())
     }
+}
+
+/// True if `namespace` is this process's own network namespace (the
+/// same nsfs inode).
+fn is_own_namespace(namespace: &File) -> std::io::Result<bool> {
+    use std::os::unix::fs::MetadataExt;
+    let theirs = namespace.metadata()?;
+    let ours = std::fs::metadata("/proc/self/ns/net")?;
+    Ok((theirs.dev(), theirs.ino()) == (ours.dev(), ours.ino()))
 }
 
 #[cfg(test)]
@@ -91,10 +107,44 @@ mod tests {
             NetnsPlan::from_spec(&linux(&[("network", None)])).unwrap(),
             NetnsPlan::New
         ));
+    }
+
+    #[test]
+    fn a_path_to_the_runtime_s_own_namespace_is_the_host_s() {
+        // Docker's --network host names its daemon's namespace, where the
+        // runtime runs too.
         assert!(matches!(
             NetnsPlan::from_spec(&linux(&[("network", Some("/proc/self/ns/net"))])).unwrap(),
-            NetnsPlan::Join(_)
+            NetnsPlan::Host
         ));
+    }
+
+    #[test]
+    fn a_path_to_another_namespace_is_joined() {
+        // A thread in a namespace of its own (needs CAP_SYS_ADMIN).
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            // SAFETY: unshare takes no pointers and changes only this thread.
+            let unshared = unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0;
+            // SAFETY: gettid takes no arguments.
+            let tid = unsafe { libc::gettid() };
+            tx.send(unshared.then(|| format!("/proc/self/task/{tid}/ns/net")))
+                .unwrap();
+            let _ = done_rx.recv();
+        });
+        let Some(path) = rx.recv().unwrap() else {
+            eprintln!("skipped: unshare(CLONE_NEWNET) needs CAP_SYS_ADMIN");
+            drop(done_tx);
+            thread.join().unwrap();
+            return;
+        };
+
+        let plan = NetnsPlan::from_spec(&linux(&[("network", Some(&path))])).unwrap();
+
+        drop(done_tx);
+        thread.join().unwrap();
+        assert!(matches!(plan, NetnsPlan::Join(_)), "{plan:?}");
     }
 
     #[test]

@@ -8,16 +8,24 @@
 //! ctr 1.6 has no flags for the user, the hostname or rlimits: a run that
 //! needs them goes through `--config` with a full spec (ctr's default
 //! spec, changed) whose root is a busybox tree in the fixture.
+//!
+//! Networks are CNI configs in the fixture ([`super::cni`]): a run on one
+//! is a `ctr run --cni` started in containerd's network namespace (where
+//! the plugins then make the bridge) with that network's config. ctr has
+//! no port publishing and no name resolution between containers.
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use super::cni::{CniNetworks, DEFAULT_NETWORK};
 use super::daemon::{Daemon, TestNetns};
 use super::{
     cleanup_result, create_fixture_dir, eventually, images, remove_fixture_dir, require_root_and,
-    run_bounded, run_ok, Engine, Exec, Image, Outcome, Run, Runtime, Runtimes, COMMAND_TIMEOUT,
+    run_bounded, run_ok, Engine, Exec, Image, Network, NetworkOptions, Outcome, Run, Runtime,
+    Runtimes, COMMAND_TIMEOUT,
 };
 
 /// Fixture directories are `<DIR_PREFIX><pid>-<n>`.
@@ -37,6 +45,7 @@ pub struct Containerd {
     runtimes: Runtimes,
     daemon: Option<Daemon>,
     netns: Option<TestNetns>,
+    cni: Option<CniNetworks>,
     next_exec: AtomicUsize,
     cleaned: bool,
 }
@@ -60,10 +69,12 @@ impl Containerd {
             dir,
             daemon: None,
             netns: None,
+            cni: None,
             next_exec: AtomicUsize::new(0),
             cleaned: false,
         };
         fixture.runtimes = runtimes(&fixture.dir)?;
+        fixture.cni = Some(CniNetworks::setup(&fixture.dir)?);
         let config = fixture.dir.join("config.toml");
         std::fs::write(&config, config_toml(&fixture.dir))
             .map_err(|e| format!("writing {}: {e}", config.display()))?;
@@ -113,6 +124,31 @@ impl Containerd {
             .arg("--namespace")
             .arg(NAMESPACE);
         command
+    }
+
+    /// The fixture's CNI networks.
+    fn cni(&self) -> Result<&CniNetworks, String> {
+        self.cni
+            .as_ref()
+            .ok_or_else(|| "the containerd fixture has no CNI networks".to_string())
+    }
+
+    /// Makes `command` (a `ctr run`) join `network`: `--cni` with its
+    /// config, in containerd's network namespace.
+    fn join_network(&self, command: &mut Command, network: &Network) -> Result<(), String> {
+        let name = match network {
+            Network::None => return Ok(()),
+            Network::Host => {
+                command.arg("--net-host");
+                return Ok(());
+            }
+            Network::Default => DEFAULT_NETWORK,
+            Network::Named(name) => name,
+        };
+        self.cni()?.enter(command, name)?;
+        super::daemon::enter_netns(command, &self.host_netns()?)?;
+        command.arg("--cni");
+        Ok(())
     }
 
     fn ctr_ok(&self, args: &[&str]) -> Result<Outcome, String> {
@@ -288,6 +324,10 @@ impl Engine for Containerd {
         command
             .arg("--runc-root")
             .arg(self.dir.join(format!("{}-state", runtime.name())));
+        if let Err(e) = self.join_network(&mut command, &run.network) {
+            // run() cannot fail: a flag ctr refuses carries the error.
+            command.arg(format!("--network-failed:{e}"));
+        }
         if run.user.is_some() || run.hostname.is_some() || run.nofile.is_some() {
             // Only the spec can say these; ctr takes nothing else then.
             match self.config_spec(run) {
@@ -399,6 +439,38 @@ impl Engine for Containerd {
 
     fn docker_cli(&self) -> Option<&super::docker_cli::DockerCli> {
         None
+    }
+
+    fn host_netns(&self) -> Result<PathBuf, String> {
+        self.netns
+            .as_ref()
+            .map(TestNetns::path)
+            .ok_or_else(|| "containerd has no network namespace".to_string())
+    }
+
+    fn create_network(&self, name: &str, options: &NetworkOptions) -> Result<(), String> {
+        self.cni()?.create(name, options)
+    }
+
+    fn remove_network(&self, name: &str) -> Result<(), String> {
+        self.cni()?.remove(name, &self.host_netns()?)
+    }
+
+    fn networks(&self) -> Result<Vec<String>, String> {
+        self.cni()?.list()
+    }
+
+    fn gateways(&self, network: &Network) -> Result<Vec<IpAddr>, String> {
+        let name = match network {
+            Network::Default => DEFAULT_NETWORK,
+            Network::Named(name) => name,
+            other => return Err(format!("{other:?} has no gateway")),
+        };
+        Ok(vec![self.cni()?.gateway(name)?])
+    }
+
+    fn publishes_ports(&self) -> bool {
+        false
     }
 }
 

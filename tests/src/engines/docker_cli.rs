@@ -5,10 +5,14 @@
 //! fixture's state.
 
 use std::ffi::OsString;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use super::{run_bounded, run_ok, Engine, Exec, Outcome, Run, Runtime, Runtimes, COMMAND_TIMEOUT};
+use super::{
+    run_bounded, run_ok, Engine, Exec, Network, NetworkOptions, Outcome, Run, Runtime, Runtimes,
+    COMMAND_TIMEOUT,
+};
 
 /// How `run` picks the runtime.
 pub enum RuntimeChoice {
@@ -32,6 +36,8 @@ pub struct DockerCli {
     pub global_args: Vec<OsString>,
     /// A network namespace every command starts in.
     pub netns: Option<PathBuf>,
+    /// The network namespace the engine's networks live in.
+    pub host_netns: Option<PathBuf>,
     /// How `run` picks the runtime.
     pub runtime: RuntimeChoice,
 }
@@ -66,6 +72,15 @@ impl DockerCli {
         )
     }
 
+    /// How this client spells the network commands.
+    fn dialect(&self) -> NetworkDialect {
+        if self.name == "podman" {
+            NetworkDialect::PODMAN
+        } else {
+            NetworkDialect::DOCKER
+        }
+    }
+
     /// `inspect --format FORMAT NAME`, trimmed.
     pub fn inspect(&self, name: &str, format: &str) -> Result<String, String> {
         Ok(self
@@ -74,6 +89,65 @@ impl DockerCli {
             .trim()
             .to_string())
     }
+}
+
+/// Where podman and docker differ in the network commands.
+struct NetworkDialect {
+    /// The network a container joins without `--network`.
+    default_network: &'static str,
+    /// Networks every installation has.
+    builtin: &'static [&'static str],
+    /// `network create --opt KEY=MTU`.
+    mtu_option: &'static str,
+    /// The `network inspect` template listing the gateways.
+    gateways: &'static str,
+    /// The template naming the bridge, whose addresses are the gateways
+    /// where the first template shows none (docker's default bridge).
+    bridge: &'static str,
+}
+
+impl NetworkDialect {
+    const PODMAN: NetworkDialect = NetworkDialect {
+        default_network: "podman",
+        builtin: &["podman"],
+        mtu_option: "mtu",
+        gateways: "{{range .Subnets}}{{.Gateway}} {{end}}",
+        bridge: "{{.NetworkInterface}}",
+    };
+    const DOCKER: NetworkDialect = NetworkDialect {
+        default_network: "bridge",
+        builtin: &["bridge", "host", "none"],
+        mtu_option: "com.docker.network.driver.mtu",
+        gateways: "{{range .IPAM.Config}}{{.Gateway}} {{end}}",
+        bridge: "{{index .Options \"com.docker.network.bridge.name\"}}",
+    };
+}
+
+/// The arguments of `network create` for `name` with `options`, in the
+/// spelling of `mtu_option`.
+fn network_create_args(name: &str, options: &NetworkOptions, mtu_option: &str) -> Vec<String> {
+    let mut args = vec!["network".to_string(), "create".to_string()];
+    if let Some(mtu) = options.mtu {
+        args.push(format!("--opt={mtu_option}={mtu}"));
+    }
+    if options.subnets.iter().any(|s| s.contains(':')) {
+        args.push("--ipv6".into());
+    }
+    for subnet in &options.subnets {
+        args.push(format!("--subnet={subnet}"));
+    }
+    args.push(name.to_string());
+    args
+}
+
+/// The addresses in `text` (separated by white space), IPv4 first.
+pub fn addresses(text: &str) -> Vec<IpAddr> {
+    let mut found: Vec<IpAddr> = text
+        .split_whitespace()
+        .filter_map(|word| word.parse().ok())
+        .collect();
+    found.sort_by_key(IpAddr::is_ipv6);
+    found
 }
 
 /// The `run` flags for `run` (after the subcommand, before the image).
@@ -89,7 +163,15 @@ pub fn run_flags(run: &Run) -> Vec<String> {
     flag(run.interactive, "--interactive");
     flag(run.tty, "--tty");
     flag(run.read_only, "--read-only");
-    flag(!run.default_network, "--network=none");
+    match &run.network {
+        Network::None => flags.push("--network=none".into()),
+        Network::Default => {}
+        Network::Named(name) => flags.push(format!("--network={name}")),
+        Network::Host => flags.push("--network=host".into()),
+    }
+    for (host, container) in &run.publish {
+        flags.push(format!("--publish={host}:{container}"));
+    }
     for env in &run.env {
         flags.push(format!("--env={env}"));
     }
@@ -188,7 +270,10 @@ impl Engine for DockerCli {
     }
 
     fn remove(&self, name: &str, force: bool) -> Result<Outcome, String> {
-        if force {
+        if force && self.name == "podman" {
+            // Like docker's: kill at once, not after the stop timeout.
+            self.ok(&["rm", "--force", "--time=0", name])
+        } else if force {
             self.ok(&["rm", "--force", name])
         } else {
             self.ok(&["rm", name])
@@ -202,6 +287,61 @@ impl Engine for DockerCli {
 
     fn docker_cli(&self) -> Option<&DockerCli> {
         Some(self)
+    }
+
+    fn host_netns(&self) -> Result<PathBuf, String> {
+        self.host_netns
+            .clone()
+            .ok_or_else(|| format!("{} runs in the test's own network namespace", self.name))
+    }
+
+    fn create_network(&self, name: &str, options: &NetworkOptions) -> Result<(), String> {
+        let args = network_create_args(name, options, self.dialect().mtu_option);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        self.ok(&args).map(drop)
+    }
+
+    fn remove_network(&self, name: &str) -> Result<(), String> {
+        self.ok(&["network", "rm", name]).map(drop)
+    }
+
+    fn networks(&self) -> Result<Vec<String>, String> {
+        let out = self.ok(&["network", "ls", "--format", "{{.Name}}"])?;
+        let builtin = self.dialect().builtin;
+        Ok(out
+            .stdout
+            .split_whitespace()
+            .filter(|name| !builtin.contains(name))
+            .map(str::to_owned)
+            .collect())
+    }
+
+    fn gateways(&self, network: &Network) -> Result<Vec<IpAddr>, String> {
+        let dialect = self.dialect();
+        let name = match network {
+            Network::Default => dialect.default_network,
+            Network::Named(name) => name,
+            other => return Err(format!("{other:?} has no gateway")),
+        };
+        let out = self.ok(&["network", "inspect", "--format", dialect.gateways, name])?;
+        let found = addresses(&out.stdout);
+        if !found.is_empty() {
+            return Ok(found);
+        }
+        let bridge = self.ok(&["network", "inspect", "--format", dialect.bridge, name])?;
+        let bridge = bridge.stdout.trim();
+        let found = super::hostnet::interface_addresses(&self.host_netns()?, bridge)?;
+        if found.is_empty() {
+            return Err(format!(
+                "{} network {name} shows no gateway ({:?}) and its bridge {bridge:?} no address",
+                self.name, out.stdout
+            ));
+        }
+        Ok(found)
+    }
+
+    fn publishes_ports(&self) -> bool {
+        true
     }
 }
 
@@ -250,8 +390,56 @@ mod tests {
     #[test]
     fn the_default_network_leaves_out_the_network_flag() {
         let mut run = Run::new("c1", Image::Busybox, &["true"]);
-        run.default_network = true;
+        run.network = Network::Default;
 
         assert!(!run_flags(&run).iter().any(|f| f.starts_with("--network")));
+    }
+
+    #[test]
+    fn run_flags_name_the_network_and_the_published_ports() {
+        let mut run = Run::new("c1", Image::Busybox, &["true"]);
+        run.network = Network::Named("n1".into());
+        run.publish = vec![(18080, 80)];
+
+        let flags = run_flags(&run);
+
+        assert!(flags.iter().any(|f| f == "--network=n1"), "{flags:?}");
+        assert!(flags.iter().any(|f| f == "--publish=18080:80"), "{flags:?}");
+        run.network = Network::Host;
+        assert!(run_flags(&run).iter().any(|f| f == "--network=host"));
+    }
+
+    #[test]
+    fn network_create_args_spell_the_mtu_and_a_dual_stack() {
+        let options = NetworkOptions {
+            mtu: Some(1400),
+            subnets: vec!["10.1.0.0/24".into(), "fd00:1::/64".into()],
+        };
+
+        let args = network_create_args("n1", &options, "mtu");
+
+        assert_eq!(
+            args,
+            [
+                "network",
+                "create",
+                "--opt=mtu=1400",
+                "--ipv6",
+                "--subnet=10.1.0.0/24",
+                "--subnet=fd00:1::/64",
+                "n1"
+            ]
+        );
+    }
+
+    #[test]
+    fn addresses_put_ipv4_first_and_skip_the_rest() {
+        assert_eq!(
+            addresses("fd00::1 10.88.0.1 <no value>\n"),
+            [
+                "10.88.0.1".parse::<IpAddr>().unwrap(),
+                "fd00::1".parse().unwrap()
+            ]
+        );
     }
 }

@@ -54,6 +54,7 @@ impl Docker {
             env_remove: vec!["DOCKER_CONTEXT", "DOCKER_TLS_VERIFY", "DOCKER_CERT_PATH"],
             global_args: vec!["--config".into(), dir.join("client").into()],
             netns: None,
+            host_netns: None,
             runtime: RuntimeChoice::RunName,
         };
         let mut docker = Docker {
@@ -68,6 +69,7 @@ impl Docker {
         std::fs::write(&config, daemon_json(&docker.dir, &runtimes.husk))
             .map_err(|e| format!("writing {}: {e}", config.display()))?;
         let netns = docker.netns.insert(TestNetns::for_fixture(&docker.dir)?);
+        docker.cli.host_netns = Some(netns.path());
         let mut command = Command::new(DOCKERD);
         command.arg("--config-file").arg(&config);
         netns.enter(&mut command)?;
@@ -113,11 +115,20 @@ impl Docker {
                 }
                 Err(e) => problems.push(e),
             }
+            if let Err(e) = self.cli.ok(&["network", "prune", "--force"]) {
+                problems.push(e);
+            }
         }
         if let Some(mut daemon) = self.daemon.take() {
             if !daemon.stop() {
                 problems.push(format!("dockerd needed SIGKILL:\n{}", daemon.log_tail()));
             }
+        }
+        // dockerd binds its own network namespace here for host-network
+        // containers and leaves the mount when it stops.
+        let host_sandbox = self.dir.join("exec/netns/default");
+        if host_sandbox.exists() {
+            let _ = Command::new("umount").arg(&host_sandbox).output();
         }
         remove_fixture_dir(&self.dir, &mut problems);
         self.netns = None;

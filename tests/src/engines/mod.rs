@@ -6,14 +6,17 @@
 //! Every engine command is bounded by a timeout ([`run_bounded`]): a hung
 //! engine or runtime fails its scenario instead of the whole suite.
 
+pub mod cni;
 pub mod containerd;
 pub mod daemon;
 pub mod docker_cli;
 pub mod dockerd;
+pub mod hostnet;
 pub mod images;
 pub mod pty;
 
 use std::io::{Read, Write};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,8 +73,32 @@ pub struct Volume {
     pub read_only: bool,
 }
 
+/// The network a container joins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Network {
+    /// `--network=none`: loopback only (what most scenarios use).
+    None,
+    /// The engine's default network: podman's and docker's bridge, the
+    /// containerd fixture's CNI bridge.
+    Default,
+    /// A network a scenario created ([`Engine::create_network`]).
+    Named(String),
+    /// `--network=host`: the engine's own namespace.
+    Host,
+}
+
+/// How [`Engine::create_network`] makes a network.
+#[derive(Debug, Clone, Default)]
+pub struct NetworkOptions {
+    /// The MTU of its bridge and interfaces (the engine's default if None).
+    pub mtu: Option<u32>,
+    /// The subnets (an IPv6 one makes it dual-stack); the engine picks one
+    /// if empty.
+    pub subnets: Vec<String>,
+}
+
 /// What `run` is asked to do: the docker CLI's options that the scenarios
-/// use. The network is always `none` unless `default_network` is set.
+/// use. The network is `none` unless `network` says otherwise.
 #[derive(Debug, Clone)]
 pub struct Run {
     /// The container's name (and id, for ctr).
@@ -106,8 +133,10 @@ pub struct Run {
     pub memory_mib: Option<u64>,
     /// `--cpus`.
     pub cpus: Option<u32>,
-    /// Leave out `--network none`: the engine's default network.
-    pub default_network: bool,
+    /// `--network`.
+    pub network: Network,
+    /// `--publish HOST:CONTAINER` (TCP; engines without it ignore it).
+    pub publish: Vec<(u16, u16)>,
 }
 
 impl Run {
@@ -130,7 +159,8 @@ impl Run {
             volumes: Vec::new(),
             memory_mib: None,
             cpus: None,
-            default_network: false,
+            network: Network::None,
+            publish: Vec::new(),
         }
     }
 
@@ -205,6 +235,21 @@ pub trait Engine {
     fn containers(&self) -> Result<Vec<String>, String>;
     /// The docker CLI, for the commands only docker-like engines have.
     fn docker_cli(&self) -> Option<&docker_cli::DockerCli>;
+    /// The network namespace the engine and its networks live in: "the
+    /// host" of its containers, where the scenarios' own servers and
+    /// clients run. An error if the engine shares the test's namespace.
+    fn host_netns(&self) -> Result<PathBuf, String>;
+    /// Creates the network `name`.
+    fn create_network(&self, name: &str, options: &NetworkOptions) -> Result<(), String>;
+    /// Removes the network `name`.
+    fn remove_network(&self, name: &str) -> Result<(), String>;
+    /// The networks the engine knows, besides its own defaults.
+    fn networks(&self) -> Result<Vec<String>, String>;
+    /// The host's addresses on `network`'s bridge (its gateways), IPv4
+    /// first.
+    fn gateways(&self, network: &Network) -> Result<Vec<IpAddr>, String>;
+    /// True if `run` publishes ports (`Run::publish`); ctr cannot.
+    fn publishes_ports(&self) -> bool;
 }
 
 /// Runs `command` with `stdin` (or /dev/null), killing it after `timeout`.

@@ -6,12 +6,12 @@
 //! gives the guest NIC the interface's MAC and MTU; the agent configures
 //! the addresses, routes and neighbours it is sent.
 //!
-//! An engine's namespace (one the spec names by path) with no interface
-//! yet gets a standby NIC: docker 26 and later configure the namespace
-//! after create, so at `start` the namespace is read again
+//! A namespace with no interface yet gets a standby NIC: docker 26 and
+//! later configure their namespace after create, and `ctr run --cni` runs
+//! its CNI plugins on the one the monitor made (`/proc/PID/ns/net`)
+//! between create and start; so at `start` the namespace is read again
 //! ([`HostNetwork::connect_late`]) and a new interface is connected to the
-//! standby tap. A namespace the monitor made itself has no other owner
-//! that could fill it later.
+//! standby tap.
 //!
 //! What husk creates in the namespace goes away with the sandbox: the taps
 //! are not persistent (they vanish with the last fd, the monitor's and the
@@ -104,12 +104,12 @@ pub struct HostNetwork {
 
 impl HostNetwork {
     /// Connects every interface of the calling thread's namespace to a new
-    /// tap, or, when there is none and `standby` is `Some(seed)`, prepares
-    /// a standby tap (the seed makes its MAC). `lasting` is a path of the
-    /// namespace that outlives the monitor, for [`HostNetwork::record`]. On
-    /// error, nothing it made is left.
+    /// tap, or, when there is none, prepares a standby tap (`seed` makes
+    /// its MAC). `lasting` is a path of the namespace that outlives the
+    /// monitor, for [`HostNetwork::record`]. On error, nothing it made is
+    /// left.
     pub fn connect(
-        standby: Option<u64>,
+        seed: u64,
         lasting: Option<std::path::PathBuf>,
     ) -> Result<HostNetwork, NetworkError> {
         let netlink = Netlink::open().map_err(NetworkError::netlink("opening netlink"))?;
@@ -127,7 +127,7 @@ impl HostNetwork {
             network.teardown();
             return Err(e);
         }
-        if let (true, Some(seed)) = (network.connected.is_empty(), standby) {
+        if network.connected.is_empty() {
             let (tap, tap_index) = network.new_tap(None)?;
             network.standby = Some(StandbyTap {
                 tap,
