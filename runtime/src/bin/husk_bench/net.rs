@@ -139,7 +139,10 @@ fn measure(
     wait_for_port(&pair.peer, ECHO_PORT)?;
     samples.up.0.push(iperf(&pair.peer, false, args.seconds)?);
     samples.down.0.push(iperf(&pair.peer, true, args.seconds)?);
-    samples.rtt.0.push(round_trip(&pair.peer)?.as_secs_f64() * 1e6);
+    samples
+        .rtt
+        .0
+        .push(round_trip(&pair.peer)?.as_secs_f64() * 1e6);
     drop(container);
     Ok(())
 }
@@ -340,8 +343,8 @@ fn not_listening_yet(e: &anyhow::Error) -> bool {
         "control message",
         "server is busy",
     ]
-        .iter()
-        .any(|m| text.contains(m))
+    .iter()
+    .any(|m| text.contains(m))
 }
 
 fn iperf_once(peer: &str, reverse: bool, seconds: u32) -> Result<f64> {
