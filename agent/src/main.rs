@@ -52,6 +52,9 @@ fn run() -> Result<server::Outcome> {
     if let Err(e) = network::bring_up_loopback() {
         log(&format!("{e:#}"));
     }
+    if let Err(e) = network::port_forward::start() {
+        log(&format!("{e:#}"));
+    }
     let share = init::mount_share(&LinuxSyscalls);
     if let Err(e) = &share {
         log(e);

@@ -68,6 +68,7 @@ pub fn serve<R: Read>(
             }
             HostMessage::StreamData { stream, data } => sandbox.stream_data(stream, data.0),
             HostMessage::StreamEof { stream } => sandbox.stream_eof(stream),
+            HostMessage::StreamCredit { stream, bytes } => sandbox.stream_credit(stream, bytes),
         }
     }
 }

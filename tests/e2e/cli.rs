@@ -597,3 +597,55 @@ fn the_workload_starts_with_default_signal_handling() {
         "yes dies of SIGPIPE, as under runc"
     );
 }
+
+#[test]
+fn an_unread_stdout_stalls_only_itself_and_loses_nothing() {
+    let cli = cli_or_skip!();
+    // 8 MiB, far more than the stream window and a pipe hold together.
+    let bundle = cli.bundle(&["sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' x; echo; sleep 1000"]);
+    let mut run = cli
+        .husk(["run", "--bundle", &bundle.path(), "unread"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_status(&cli, "unread", "running");
+    std::thread::sleep(Duration::from_secs(10));
+
+    // The container's stdout is full and unread: the rest still answers.
+    let started = Instant::now();
+    let exec = cli.output(["exec", "unread", "echo", "exec answers"]);
+    let ps = cli.output(["ps", "unread"]);
+    assert_eq!(text(&exec.stdout), "exec answers\n", "{}", text(&exec.stderr));
+    assert!(ps.status.success(), "{}", text(&ps.stderr));
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "exec and ps took {:?} while stdout was unread",
+        started.elapsed()
+    );
+    // Everything the workload wrote arrives once it is read; then the
+    // kill ends it and nothing more comes.
+    let mut stdout = run.stdout.take().unwrap();
+    let (whole_tx, whole) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = vec![0; 8 * 1024 * 1024 + 1];
+        std::io::Read::read_exact(&mut stdout, &mut bytes).unwrap();
+        whole_tx.send(()).unwrap();
+        let mut rest = Vec::new();
+        std::io::Read::read_to_end(&mut stdout, &mut rest).unwrap();
+        (bytes, rest)
+    });
+    whole
+        .recv_timeout(Duration::from_secs(120))
+        .expect("the whole output arrives once read");
+    let kill = cli.output(["kill", "unread", "KILL"]);
+    assert!(kill.status.success(), "{}", text(&kill.stderr));
+    let (bytes, rest) = reader.join().unwrap();
+    let status = run.wait().unwrap();
+
+    assert_eq!(status.code(), Some(137));
+    assert!(rest.is_empty(), "{} bytes after the output", rest.len());
+    assert_eq!(bytes[bytes.len() - 1], b'\n');
+    assert!(bytes[..bytes.len() - 1].iter().all(|&b| b == b'x'));
+}

@@ -15,6 +15,7 @@
 //! input (see the fuzz target in `fuzz/`).
 
 pub mod bytes;
+pub mod flow;
 pub mod frame;
 pub mod message;
 pub mod net;
@@ -26,10 +27,14 @@ pub use message::*;
 
 /// The protocol version this crate speaks. Bump it on any incompatible change
 /// to the messages.
-pub const PROTOCOL_VERSION: u32 = 3;
+pub const PROTOCOL_VERSION: u32 = 4;
 
 /// The vsock port on the host (CID 2) that the agent connects to at boot.
 pub const AGENT_PORT: u32 = 1024;
+
+/// The vsock port the agent listens on for forwarded connections
+/// ([`net::PortForward`]).
+pub const PORT_FORWARD_PORT: u32 = 1025;
 
 /// The virtio-fs tag of the sandbox share.
 pub const SHARE_TAG: &str = "husk";

@@ -35,6 +35,14 @@ pub enum HostMessage {
         /// Which stream.
         stream: StreamId,
     },
+    /// The host consumed `bytes` more of an output stream: the guest may
+    /// send that many more ([`STREAM_WINDOW`]).
+    StreamCredit {
+        /// Which stream.
+        stream: StreamId,
+        /// How many bytes.
+        bytes: u32,
+    },
 }
 
 /// What the host can ask of the agent.
@@ -50,26 +58,35 @@ pub enum Request {
     },
     /// Answered with [`Response::ShuttingDown`], then the guest powers off.
     Shutdown,
-    /// Sets up the container and its init process up to the point of exec;
-    /// answered with [`Response::Process`]. Its stdio streams are process 0's.
+    /// Makes the namespaces a pod's containers share (the pod's pause
+    /// container, in the guest): answered with [`Response::Process`].
+    CreateSandbox(Box<SandboxSpec>),
+    /// Sets up a container and its init process up to the point of exec;
+    /// answered with [`Response::Process`].
     CreateContainer(Box<ContainerSpec>),
-    /// Lets the container's init process exec its command.
-    StartContainer,
-    /// Starts another process in the running container; answered with
+    /// Lets a created container's init process exec its command.
+    StartContainer {
+        /// The container.
+        container: ContainerId,
+    },
+    /// Starts another process in a running container; answered with
     /// [`Response::Process`].
     Exec {
-        /// Chosen by the host, unique in the guest, not 0 (init's).
+        /// The container.
+        container: ContainerId,
+        /// Chosen by the host, unique in the guest.
         process: ProcessId,
         /// What to run.
         spec: Box<crate::oci::Process>,
     },
-    /// Sends a signal to a process, or with `all` to every container process.
+    /// Sends a signal to a process, or with `all` to every process of its
+    /// container.
     Signal {
         /// The target.
         process: ProcessId,
         /// The signal number.
         signal: i32,
-        /// Every process of the container, not just the target.
+        /// Every process of the target's container, not just the target.
         all: bool,
     },
     /// The terminal of a process changed size.
@@ -81,23 +98,67 @@ pub enum Request {
         /// Columns.
         cols: u16,
     },
-    /// Freezes every container process (cgroup freezer).
-    Pause,
+    /// Freezes every process of a container (cgroup freezer).
+    Pause {
+        /// The container.
+        container: ContainerId,
+    },
     /// Thaws them.
-    Resume,
-    /// Lists the container's processes; answered with [`Response::Processes`].
-    Processes,
-    /// Reads the container's cgroup counters; answered with [`Response::Stats`].
-    Stats,
-    /// Changes the container's cgroup limits.
-    Update(Box<crate::oci::Resources>),
+    Resume {
+        /// The container.
+        container: ContainerId,
+    },
+    /// Lists a container's processes; answered with [`Response::Processes`].
+    Processes {
+        /// The container.
+        container: ContainerId,
+    },
+    /// Reads a container's cgroup counters; answered with [`Response::Stats`].
+    Stats {
+        /// The container.
+        container: ContainerId,
+    },
+    /// Changes a container's cgroup limits.
+    Update {
+        /// The container.
+        container: ContainerId,
+        /// The new limits.
+        resources: Box<crate::oci::Resources>,
+    },
+    /// Forgets a container whose processes all ended: its cgroup and
+    /// record go; another with the same id may be created.
+    RemoveContainer {
+        /// The container.
+        container: ContainerId,
+    },
     /// Configures the guest's NICs and the DNS relays (before the first
     /// container, and again for interfaces the engine added later);
     /// answered with [`Response::Done`].
     ConfigureNetwork(Box<crate::net::Network>),
 }
 
-/// Identifies a process the host started: 0 is the container's init.
+/// Names a container in the sandbox (the OCI id).
+pub type ContainerId = String;
+
+/// The window of every stdio stream, each way: a sender has at most this
+/// many bytes of a stream unacknowledged, and the receiver grants more
+/// ([`HostMessage::StreamCredit`], [`GuestMessage::StreamCredit`]) as its
+/// reader consumes them. A stream nobody reads stalls only itself.
+pub const STREAM_WINDOW: u32 = 256 * 1024;
+
+/// The namespaces a pod's containers share, made once per sandbox.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SandboxSpec {
+    /// The pod's hostname (its UTS namespace).
+    pub hostname: Option<String>,
+    /// Namespace types to make (`uts`, `ipc`, `pid`); the network is the
+    /// guest's own.
+    pub namespaces: Vec<String>,
+}
+
+/// Identifies a process the host started, unique in the sandbox (the
+/// runc-compatible CLI's single container has its init as 0).
 pub type ProcessId = u32;
 
 /// The stream of a process's stdio `fd` (0, 1 or 2).
@@ -116,7 +177,9 @@ pub fn stream_owner(stream: StreamId) -> (ProcessId, u32) {
 #[serde(deny_unknown_fields)]
 pub struct ContainerSpec {
     /// The container id (names its guest cgroup).
-    pub id: String,
+    pub id: ContainerId,
+    /// The process id of its init, chosen by the host.
+    pub init: ProcessId,
     /// The rootfs directory, relative to the share.
     pub rootfs: String,
     /// `root.readonly`.
@@ -131,6 +194,10 @@ pub struct ContainerSpec {
     pub process: crate::oci::Process,
     /// Namespace types to create (`pid`, `mount`, `uts`, `ipc`, `network`, `cgroup`).
     pub namespaces: Vec<String>,
+    /// Namespace types to join from the sandbox ([`Request::CreateSandbox`]):
+    /// a pod's containers share its `uts`, `ipc` and, if asked, `pid`.
+    #[serde(default)]
+    pub sandbox_namespaces: Vec<String>,
     /// `linux.maskedPaths`.
     pub masked_paths: Vec<String>,
     /// `linux.readonlyPaths`.
@@ -172,6 +239,14 @@ pub enum GuestMessage {
     StreamEof {
         /// Which stream.
         stream: StreamId,
+    },
+    /// The guest consumed `bytes` more of an input stream: the host may
+    /// send that many more ([`STREAM_WINDOW`]).
+    StreamCredit {
+        /// Which stream.
+        stream: StreamId,
+        /// How many bytes.
+        bytes: u32,
     },
     /// A process ended; sent after the EOF of its output streams.
     ProcessExited {
@@ -347,6 +422,7 @@ mod tests {
         let requests = [
             Request::CreateContainer(Box::new(ContainerSpec {
                 id: "c".into(),
+                init: 0,
                 rootfs: "rootfs".into(),
                 readonly_root: false,
                 hostname: None,
@@ -354,14 +430,22 @@ mod tests {
                 mounts: vec![],
                 process: crate::oci::Process::default(),
                 namespaces: vec!["pid".into()],
+                sandbox_namespaces: vec!["uts".into()],
                 masked_paths: vec![],
                 readonly_paths: vec![],
                 sysctl: Default::default(),
                 seccomp: None,
                 resources: Default::default(),
             })),
-            Request::StartContainer,
+            Request::CreateSandbox(Box::new(SandboxSpec {
+                hostname: Some("pod".into()),
+                namespaces: vec!["uts".into(), "ipc".into()],
+            })),
+            Request::StartContainer {
+                container: "c".into(),
+            },
             Request::Exec {
+                container: "c".into(),
                 process: 1,
                 spec: Box::default(),
             },
@@ -375,9 +459,19 @@ mod tests {
                 rows: 1,
                 cols: 2,
             },
-            Request::Pause,
-            Request::Processes,
-            Request::Update(Box::default()),
+            Request::Pause {
+                container: "c".into(),
+            },
+            Request::Processes {
+                container: "c".into(),
+            },
+            Request::Update {
+                container: "c".into(),
+                resources: Box::default(),
+            },
+            Request::RemoveContainer {
+                container: "c".into(),
+            },
             Request::ConfigureNetwork(Box::default()),
         ];
         for request in requests {

@@ -63,6 +63,34 @@ impl DnsRelay {
     }
 }
 
+/// A connection the host forwards into the guest (a CRI port-forward:
+/// containerd dials `localhost:PORT` in the pod's namespace on the host):
+/// the host connects to the agent's vsock port
+/// [`crate::PORT_FORWARD_PORT`], writes [`PortForward::line`], and the
+/// stream then carries a TCP connection to `localhost:PORT` in the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortForward {
+    /// The TCP port.
+    pub port: u16,
+}
+
+impl PortForward {
+    /// The first line of the stream, newline included.
+    pub fn line(&self) -> String {
+        format!("tcp {}\n", self.port)
+    }
+
+    /// Parses a first line (without its newline).
+    pub fn parse(line: &str) -> Result<PortForward, String> {
+        let port = line
+            .strip_prefix("tcp ")
+            .and_then(|p| p.parse::<u16>().ok())
+            .filter(|p| *p != 0)
+            .ok_or_else(|| format!("{line:?} is not \"tcp PORT\""))?;
+        Ok(PortForward { port })
+    }
+}
+
 /// Writes a DNS message with its big-endian u16 length in front, as DNS
 /// over TCP frames them (RFC 1035 4.2.2).
 pub fn write_dns_message(w: &mut impl std::io::Write, message: &[u8]) -> std::io::Result<()> {
@@ -335,6 +363,15 @@ mod tests {
         for bad in ["udp", "sctp 127.0.0.11", "udp localhost", ""] {
             let err = DnsRelay::parse(bad).unwrap_err();
             assert!(err.contains(&format!("{bad:?}")), "{err}");
+        }
+    }
+
+    #[test]
+    fn port_forward_lines_round_trip_and_bad_ones_are_named() {
+        let forward = PortForward { port: 8080 };
+        assert_eq!(PortForward::parse(forward.line().trim_end()), Ok(forward));
+        for bad in ["tcp 0", "tcp 70000", "udp 53", "tcp"] {
+            assert!(PortForward::parse(bad).unwrap_err().contains(bad));
         }
     }
 

@@ -69,6 +69,44 @@ impl Cgroup {
         }
     }
 
+    /// Kills whatever still runs in the cgroup, waits until it is empty
+    /// and removes it.
+    pub fn remove(&self) -> Result<()> {
+        let deadline = Instant::now() + FREEZE_TIMEOUT;
+        loop {
+            let pids = self.pids();
+            if pids.is_empty() {
+                break;
+            }
+            for pid in pids {
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(pid),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "processes of {} survived SIGKILL for {FREEZE_TIMEOUT:?}",
+                    self.path.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A killed process leaves the cgroup a moment after it is gone.
+        loop {
+            match fs::remove_dir(&self.path) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("removing {}", self.path.display()))
+                }
+            }
+        }
+    }
+
     /// The pids in the cgroup.
     pub fn pids(&self) -> Vec<i32> {
         fs::read_to_string(self.path.join("cgroup.procs"))

@@ -1,42 +1,49 @@
-//! The container in the guest: created on the host's request, its init and
-//! exec'd processes, their stdio relays and exits, signals, pause/resume,
-//! limits and counters.
+//! The containers in the guest: created on the host's request, each with
+//! its own guest cgroup, mount namespace and rootfs in the share, its init
+//! and exec'd processes, their stdio relays and exits, signals,
+//! pause/resume, limits and counters. A pod's containers share the
+//! sandbox's namespaces ([`Request::CreateSandbox`]: a holder process, the
+//! pod's pause, keeps them) and the guest's network.
 //!
 //! Every process starts as a [`stage`]: a fresh exec of this binary that
 //! creates or joins the namespaces and forks the real process. The agent
 //! watches the stage's exit ([`crate::reaper::watch`]), whose status is the
 //! process's, and reports it after the process's output reached EOF.
+//!
+//! Process ids are the host's and unique in the sandbox; a container's
+//! record stays after its init exited, until the host removes it.
 
 pub mod cgroup;
 pub mod identity;
 pub mod mounts;
 pub mod seccomp;
+pub mod spawn;
 pub mod stage;
 pub mod stdio;
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
+use std::io::{BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use husk_protocol::flow::Windows;
 use husk_protocol::oci::{Process, Resources, Seccomp};
 use husk_protocol::{
-    stream_owner, AgentError, ContainerSpec, GuestMessage, ProcessId, Request, Response,
+    stream_owner, AgentError, ContainerId, ContainerSpec, GuestMessage, ProcessId, Request,
+    Response, SandboxSpec,
 };
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 
 use crate::outbox::Outbox;
 use cgroup::Cgroup;
-use stage::{StageReport, StageTask, CONTROL_FD, STAGE_ARG, START_LINE};
-use stdio::{AgentEnds, ChildEnds, StdinSink};
+use spawn::{read_report, spawn_stage, Spawned};
+use stage::{StageReport, StageTask, START_LINE};
+use stdio::{AgentEnds, StdinSink};
 
 /// The guest's cgroup v2 root.
 const CGROUP_ROOT: &str = "/sys/fs/cgroup";
@@ -45,16 +52,23 @@ const CGROUP_ROOT: &str = "/sys/fs/cgroup";
 /// background child may hold it) before the exit is reported anyway.
 const EXEC_OUTPUT_GRACE: Duration = Duration::from_secs(2);
 
-/// The container and its processes.
+/// Most containers one sandbox holds at once.
+const MAX_CONTAINERS: usize = 256;
+
+/// The containers and their processes.
 pub struct Sandbox {
     outbox: Outbox,
     share_root: PathBuf,
     state: Arc<Mutex<State>>,
+    /// The send windows of the output streams (the host grants them).
+    windows: Arc<Windows>,
 }
 
 #[derive(Default)]
 struct State {
-    container: Option<Container>,
+    /// The pod's namespace holder, once made.
+    holder: Option<i32>,
+    containers: HashMap<ContainerId, Container>,
     processes: HashMap<ProcessId, Running>,
 }
 
@@ -67,27 +81,34 @@ struct Container {
 }
 
 struct Running {
+    container: ContainerId,
     pid: i32,
     stdin: StdinSink,
     pty: Option<File>,
 }
 
 impl Sandbox {
-    /// A sandbox without a container yet.
+    /// A sandbox without containers yet.
     pub fn new(outbox: Outbox, share_root: &Path) -> Self {
         Sandbox {
             outbox,
             share_root: share_root.to_path_buf(),
             state: Default::default(),
+            windows: Default::default(),
         }
     }
 
     /// Carries out a container request.
     pub fn handle(&self, request: Request) -> Result<Response, AgentError> {
         let result = match request {
+            Request::CreateSandbox(spec) => self.create_sandbox(&spec),
             Request::CreateContainer(spec) => self.create(*spec),
-            Request::StartContainer => self.start(),
-            Request::Exec { process, spec } => self.exec(process, *spec),
+            Request::StartContainer { container } => self.start(&container),
+            Request::Exec {
+                container,
+                process,
+                spec,
+            } => self.exec(&container, process, *spec),
             Request::Signal {
                 process,
                 signal,
@@ -98,15 +119,25 @@ impl Sandbox {
                 rows,
                 cols,
             } => self.resize(process, rows, cols),
-            Request::Pause => self.with_cgroup(|c| c.freeze(true).map(|_| Response::Done)),
-            Request::Resume => self.with_cgroup(|c| c.freeze(false).map(|_| Response::Done)),
-            Request::Processes => self.with_cgroup(|c| {
+            Request::Pause { container } => {
+                self.with_cgroup(&container, |c| c.freeze(true).map(|_| Response::Done))
+            }
+            Request::Resume { container } => {
+                self.with_cgroup(&container, |c| c.freeze(false).map(|_| Response::Done))
+            }
+            Request::Processes { container } => self.with_cgroup(&container, |c| {
                 Ok(Response::Processes {
                     list: c.processes(),
                 })
             }),
-            Request::Stats => self.with_cgroup(|c| Ok(Response::Stats(c.stats()))),
-            Request::Update(resources) => self.update(&resources),
+            Request::Stats { container } => {
+                self.with_cgroup(&container, |c| Ok(Response::Stats(c.stats())))
+            }
+            Request::Update {
+                container,
+                resources,
+            } => self.update(&container, &resources),
+            Request::RemoveContainer { container } => self.remove(&container),
             other => Err(anyhow!("{other:?} is not a container request")),
         };
         result.map_err(|e| {
@@ -138,30 +169,96 @@ impl Sandbox {
         }
     }
 
+    /// The host consumed `bytes` of an output stream.
+    pub fn stream_credit(&self, stream: u32, bytes: u32) {
+        self.windows.grant(stream, bytes);
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn with_cgroup(&self, f: impl FnOnce(&Cgroup) -> Result<Response>) -> Result<Response> {
-        let cgroup = match &self.lock().container {
+    fn with_cgroup(
+        &self,
+        container: &str,
+        f: impl FnOnce(&Cgroup) -> Result<Response>,
+    ) -> Result<Response> {
+        let cgroup = match self.lock().containers.get(container) {
             Some(c) => c.cgroup.clone(),
-            None => bail!("no container has been created"),
+            None => bail!("no container {container}"),
         };
         f(&cgroup)
     }
 
-    fn create(&self, spec: ContainerSpec) -> Result<Response> {
-        if self.lock().container.is_some() {
-            bail!("a container already exists in this sandbox");
+    /// Makes the pod's shared namespaces, kept by a holder process.
+    fn create_sandbox(&self, spec: &SandboxSpec) -> Result<Response> {
+        if self.lock().holder.is_some() {
+            bail!("the sandbox's namespaces already exist");
         }
-        let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), "container")?;
+        let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), "sandbox")?;
+        let task = StageTask::Hold {
+            hostname: spec.hostname.clone(),
+            namespaces: spec.namespaces.clone(),
+            cgroup: cgroup.path().to_path_buf(),
+        };
+        let ends = stdio::pipes()?;
+        let Spawned {
+            pid, mut control, ..
+        } = spawn_stage(&task, ends.1)?;
+        match read_report(&mut control)? {
+            Some(StageReport::Ready) => {}
+            Some(StageReport::Error(e)) => bail!("{e}"),
+            other => bail!("the sandbox's holder reported {other:?} instead of ready"),
+        }
+        self.lock().holder = Some(pid);
+        Ok(Response::Process { pid })
+    }
+
+    fn create(&self, spec: ContainerSpec) -> Result<Response> {
+        let id = spec.id.clone();
+        let holder = {
+            let state = self.lock();
+            if state.containers.contains_key(&id) {
+                bail!("a container {id} already exists in this sandbox");
+            }
+            if state.containers.len() >= MAX_CONTAINERS {
+                bail!("the sandbox holds {MAX_CONTAINERS} containers already");
+            }
+            if state.processes.contains_key(&spec.init) {
+                bail!("process id {} is in use", spec.init);
+            }
+            state.holder
+        };
+        let join = match (spec.sandbox_namespaces.is_empty(), holder) {
+            (true, _) => None,
+            (false, Some(pid)) => Some(pid),
+            (false, None) => bail!(
+                "container {id} joins the sandbox's namespaces ({}) but the sandbox has none",
+                spec.sandbox_namespaces.join(", ")
+            ),
+        };
+        let cgroup = Cgroup::create(Path::new(CGROUP_ROOT), &cgroup_name(&id))?;
+        let created = self.create_in(spec, &cgroup, join);
+        if created.is_err() {
+            let _ = cgroup.remove();
+        }
+        created
+    }
+
+    fn create_in(
+        &self,
+        spec: ContainerSpec,
+        cgroup: &Cgroup,
+        join: Option<i32>,
+    ) -> Result<Response> {
         cgroup.apply(&spec.resources).context("linux.resources")?;
         let ends = stdio::for_process(&spec.process)?;
-        let seccomp = spec.seccomp.clone();
+        let (id, init, seccomp) = (spec.id.clone(), spec.init, spec.seccomp.clone());
         let task = StageTask::Create {
             spec: Box::new(spec),
             share_root: self.share_root.clone(),
             cgroup: cgroup.path().to_path_buf(),
+            join,
         };
         let Spawned {
             pid,
@@ -173,25 +270,28 @@ impl Sandbox {
             Some(StageReport::Error(e)) => bail!("{e}"),
             other => bail!("the container process reported {other:?} instead of ready"),
         }
-        self.track(0, pid, exited, ends.0, None)?;
-        self.lock().container = Some(Container {
-            cgroup,
-            init_pid: pid,
-            seccomp,
-            pending_start: Some(control),
-        });
+        self.track(&id, init, pid, exited, ends.0, None)?;
+        self.lock().containers.insert(
+            id,
+            Container {
+                cgroup: cgroup.clone(),
+                init_pid: pid,
+                seccomp,
+                pending_start: Some(control),
+            },
+        );
         Ok(Response::Process { pid })
     }
 
-    fn start(&self) -> Result<Response> {
+    fn start(&self, container: &str) -> Result<Response> {
         let mut control = {
             let mut state = self.lock();
-            let Some(container) = state.container.as_mut() else {
-                bail!("no container has been created");
+            let Some(record) = state.containers.get_mut(container) else {
+                bail!("no container {container}");
             };
-            match container.pending_start.take() {
+            match record.pending_start.take() {
                 Some(c) => c,
-                None => bail!("the container was already started"),
+                None => bail!("container {container} was already started"),
             }
         };
         control
@@ -205,22 +305,22 @@ impl Sandbox {
         }
     }
 
-    fn exec(&self, process: ProcessId, spec: Process) -> Result<Response> {
+    fn exec(&self, container: &str, process: ProcessId, spec: Process) -> Result<Response> {
         let (target_pid, cgroup, seccomp) = {
             let state = self.lock();
-            if process == 0 || state.processes.contains_key(&process) {
+            if state.processes.contains_key(&process) {
                 bail!("process id {process} is in use");
             }
-            match &state.container {
+            match state.containers.get(container) {
                 Some(c) if c.pending_start.is_none() => {
                     (c.init_pid, c.cgroup.path().to_path_buf(), c.seccomp.clone())
                 }
-                Some(_) => bail!("the container is not running (created, not started)"),
-                None => bail!("no container has been created"),
+                Some(_) => bail!("container {container} is not running (created, not started)"),
+                None => bail!("no container {container}"),
             }
         };
-        if !state_alive(target_pid) {
-            bail!("the container is not running");
+        if !alive(target_pid) {
+            bail!("container {container} is not running");
         }
         let ends = stdio::for_process(&spec)?;
         let task = StageTask::Exec {
@@ -239,23 +339,32 @@ impl Sandbox {
             Some(StageReport::Error(e)) => bail!("{e}"),
             Some(other) => bail!("unexpected report {other:?} from the exec'd process"),
         }
-        self.track(process, pid, exited, ends.0, Some(EXEC_OUTPUT_GRACE))?;
+        self.track(
+            container,
+            process,
+            pid,
+            exited,
+            ends.0,
+            Some(EXEC_OUTPUT_GRACE),
+        )?;
         Ok(Response::Process { pid })
     }
 
     /// Starts the relays and the exit watcher of a process.
     fn track(
         &self,
+        container: &str,
         process: ProcessId,
         pid: i32,
         exited: std::sync::mpsc::Receiver<crate::reaper::ExitStatus>,
         ends: AgentEnds,
         grace: Option<Duration>,
     ) -> Result<()> {
-        let relays = stdio::start(process, ends, &self.outbox)?;
+        let relays = stdio::start(process, ends, &self.outbox, &self.windows)?;
         self.lock().processes.insert(
             process,
             Running {
+                container: container.to_string(),
                 pid,
                 stdin: relays.stdin,
                 pty: relays.pty,
@@ -294,18 +403,17 @@ impl Sandbox {
     fn signal(&self, process: ProcessId, signal: i32, all: bool) -> Result<Response> {
         let signal = Signal::try_from(signal).with_context(|| format!("signal {signal}"))?;
         let state = self.lock();
-        if all {
-            let Some(container) = &state.container else {
-                bail!("no container has been created");
-            };
-            for pid in container.cgroup.pids() {
-                let _ = kill(Pid::from_raw(pid), signal);
-            }
-            return Ok(Response::Done);
-        }
         let Some(target) = state.processes.get(&process) else {
             bail!("process {process} is not running");
         };
+        if all {
+            if let Some(container) = state.containers.get(&target.container) {
+                for pid in container.cgroup.pids() {
+                    let _ = kill(Pid::from_raw(pid), signal);
+                }
+            }
+            return Ok(Response::Done);
+        }
         kill(Pid::from_raw(target.pid), signal)
             .with_context(|| format!("sending {signal} to pid {}", target.pid))?;
         Ok(Response::Done)
@@ -319,86 +427,55 @@ impl Sandbox {
         }
     }
 
-    fn update(&self, resources: &Resources) -> Result<Response> {
-        self.with_cgroup(|c| c.apply(resources).map(|_| Response::Done))
+    fn update(&self, container: &str, resources: &Resources) -> Result<Response> {
+        self.with_cgroup(container, |c| c.apply(resources).map(|_| Response::Done))
+    }
+
+    /// Forgets a container: whatever still runs in its cgroup is killed,
+    /// the cgroup removed.
+    fn remove(&self, container: &str) -> Result<Response> {
+        let record = self
+            .lock()
+            .containers
+            .remove(container)
+            .ok_or_else(|| anyhow!("no container {container}"))?;
+        record
+            .cgroup
+            .remove()
+            .with_context(|| format!("removing the cgroup of {container}"))?;
+        Ok(Response::Done)
     }
 }
 
-fn state_alive(pid: i32) -> bool {
+/// The guest cgroup of container `id`: its id, where the cgroup
+/// filesystem allows it.
+fn cgroup_name(id: &str) -> String {
+    let safe: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(200)
+        .collect();
+    format!("c-{safe}")
+}
+
+fn alive(pid: i32) -> bool {
     kill(Pid::from_raw(pid), None).is_ok()
 }
 
-/// A started stage.
-struct Spawned {
-    /// The container process's pid.
-    pid: i32,
-    /// The stage's exit status, which is the process's.
-    exited: std::sync::mpsc::Receiver<crate::reaper::ExitStatus>,
-    /// The control socket.
-    control: BufReader<UnixStream>,
-}
+#[cfg(test)]
+mod tests {
+    use super::*;
 
-/// Starts a stage with `task`.
-fn spawn_stage(task: &StageTask, child: ChildEnds) -> Result<Spawned> {
-    let (mut ours, theirs) = UnixStream::pair().context("creating the stage socketpair")?;
-    let theirs_fd = theirs.as_raw_fd();
-    let [stdin, stdout, stderr] = child.0;
-    let mut command = Command::new("/proc/self/exe");
-    command
-        .arg0(STAGE_ARG)
-        .arg(STAGE_ARG)
-        .env_clear()
-        .stdin(Stdio::from(stdin))
-        .stdout(Stdio::from(stdout))
-        .stderr(Stdio::from(stderr));
-    // SAFETY: dup2 is async-signal-safe; it only touches fds of the child.
-    unsafe {
-        command.pre_exec(move || {
-            // dup2 onto itself keeps close-on-exec set: clear it instead.
-            let rc = if theirs_fd == CONTROL_FD {
-                libc::fcntl(theirs_fd, libc::F_SETFD, 0)
-            } else {
-                libc::dup2(theirs_fd, CONTROL_FD)
-            };
-            if rc < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
+    #[test]
+    fn cgroup_names_keep_safe_ids_and_replace_the_rest() {
+        assert_eq!(cgroup_name("web-1.a_b"), "c-web-1.a_b");
+        assert_eq!(cgroup_name("a/b c"), "c-a_b_c");
+        assert_eq!(cgroup_name(&"x".repeat(300)).len(), 202);
     }
-    let (stage, exited) =
-        crate::reaper::spawn_watched(|| command.spawn()).context("starting the container stage")?;
-    drop(theirs);
-    drop(stage);
-    let mut line = serde_json::to_string(task).context("encoding the stage task")?;
-    line.push('\n');
-    ours.write_all(line.as_bytes())
-        .context("sending the stage task")?;
-    let mut control = BufReader::new(ours);
-    match read_report(&mut control)? {
-        Some(StageReport::Pid(pid)) => Ok(Spawned {
-            pid,
-            exited,
-            control,
-        }),
-        Some(StageReport::Error(e)) => {
-            let _ = exited.recv();
-            Err(anyhow!("{e}"))
-        }
-        other => Err(anyhow!("the stage reported {other:?} instead of a pid")),
-    }
-}
-
-/// Reads one report; `None` when the other end closed (the process exec'd).
-fn read_report(control: &mut BufReader<UnixStream>) -> Result<Option<StageReport>> {
-    let mut line = String::new();
-    let n = control
-        .read_line(&mut line)
-        .context("reading from the container process")?;
-    if n == 0 {
-        return Ok(None);
-    }
-    serde_json::from_str(&line)
-        .map(Some)
-        .with_context(|| format!("bad report from the stage: {line:?}"))
 }

@@ -35,13 +35,27 @@ pub const STAGE_ARG: &str = "husk-stage";
 /// What the stage is asked to do.
 #[derive(Debug, Serialize, Deserialize)]
 pub enum StageTask {
-    /// Create the container: new namespaces, rootfs, then wait for start.
+    /// Create the container: new namespaces (the sandbox's joined),
+    /// rootfs, then wait for start.
     Create {
         /// The container.
         spec: Box<ContainerSpec>,
         /// Where the share is mounted.
         share_root: PathBuf,
         /// The container's cgroup directory.
+        cgroup: PathBuf,
+        /// The sandbox holder whose namespaces `spec.sandbox_namespaces`
+        /// names.
+        join: Option<i32>,
+    },
+    /// Hold a pod's shared namespaces: the child is PID 1 of a new pid
+    /// namespace (when asked) and reaps what its containers leave.
+    Hold {
+        /// The pod's hostname.
+        hostname: Option<String>,
+        /// The namespace types to make.
+        namespaces: Vec<String>,
+        /// The holder's cgroup directory.
         cgroup: PathBuf,
     },
     /// Join the container of `target_pid` and run `process` there.
@@ -125,7 +139,9 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
         .context("reading the stage task")?;
     let task: StageTask = serde_json::from_str(&line).context("decoding the stage task")?;
     let cgroup = match &task {
-        StageTask::Create { cgroup, .. } | StageTask::Exec { cgroup, .. } => cgroup.clone(),
+        StageTask::Create { cgroup, .. }
+        | StageTask::Exec { cgroup, .. }
+        | StageTask::Hold { cgroup, .. } => cgroup.clone(),
     };
     // Opened before any namespace changes, written by the child.
     let procs = File::options()
@@ -134,7 +150,10 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
         .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
     let mut new_cgroup_ns = false;
     match &task {
-        StageTask::Create { spec, .. } => {
+        StageTask::Create { spec, join, .. } => {
+            if let Some(holder) = join {
+                join_namespaces_of(*holder, &spec.sandbox_namespaces)?;
+            }
             // The rootfs always gets its own mount namespace. So does the
             // cgroup view: the guest's root cgroup is nothing to share, and
             // a private view shows the container its own limits at
@@ -145,6 +164,9 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             let mut flags = CloneFlags::CLONE_NEWNS;
             new_cgroup_ns = true;
             for kind in &spec.namespaces {
+                if spec.sandbox_namespaces.contains(kind) {
+                    continue;
+                }
                 match clone_flag(kind) {
                     Some(CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWNET) => {}
                     Some(f) => flags |= f,
@@ -154,6 +176,17 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             unshare(flags).context("creating the container's namespaces")?;
         }
         StageTask::Exec { target_pid, .. } => join_namespaces(*target_pid)?,
+        StageTask::Hold { namespaces, .. } => {
+            let mut flags = CloneFlags::empty();
+            for kind in namespaces {
+                match clone_flag(kind) {
+                    Some(CloneFlags::CLONE_NEWNET) => {}
+                    Some(f) => flags |= f,
+                    None => anyhow::bail!("the sandbox's namespace {kind:?} is not supported"),
+                }
+            }
+            unshare(flags).context("creating the sandbox's namespaces")?;
+        }
     }
     // SAFETY: the stage is single-threaded (a fresh exec), so the child may
     // do anything after fork.
@@ -174,6 +207,23 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             std::process::exit(127)
         }
     }
+}
+
+/// Enters the namespaces `kinds` (spec names: `uts`, `ipc`, `pid`) of the
+/// sandbox holder `pid`.
+fn join_namespaces_of(pid: i32, kinds: &[String]) -> Result<()> {
+    for kind in kinds {
+        let file = match kind.as_str() {
+            "uts" | "ipc" | "pid" => kind.as_str(),
+            other => anyhow::bail!("the sandbox's {other:?} namespace cannot be joined"),
+        };
+        let theirs = format!("/proc/{pid}/ns/{file}");
+        let fd: OwnedFd = File::open(&theirs)
+            .with_context(|| format!("opening {theirs}"))?
+            .into();
+        setns(&fd, CloneFlags::empty()).with_context(|| format!("joining {theirs}"))?;
+    }
+    Ok(())
 }
 
 /// Enters every namespace of `pid` that differs from ours; mount last, as
@@ -228,6 +278,9 @@ fn child(
         unshare(CloneFlags::CLONE_NEWCGROUP).context("creating the cgroup namespace")?;
     }
     nix::unistd::setsid().context("setsid")?;
+    if let StageTask::Hold { hostname, .. } = &task {
+        return hold(hostname.as_deref(), control);
+    }
     let (process, seccomp, wait_for_start) = match task {
         StageTask::Create {
             spec, share_root, ..
@@ -238,6 +291,7 @@ fn child(
         StageTask::Exec {
             process, seccomp, ..
         } => (*process, seccomp, false),
+        StageTask::Hold { .. } => unreachable!("handled above"),
     };
     if process.terminal {
         // SAFETY: TIOCSCTTY on fd 0 (the pty slave the agent gave us) takes an int argument.
@@ -277,6 +331,29 @@ fn child(
     }
     reset_signals();
     Err(identity::exec(&executable, &process))
+}
+
+/// The sandbox holder: sets the pod's hostname, says it is ready, then,
+/// as PID 1 of the pod's pid namespace, reaps whatever is left to it until
+/// the guest ends.
+fn hold(
+    hostname: Option<&str>,
+    control: &mut BufReader<UnixStream>,
+) -> Result<std::convert::Infallible> {
+    if let Some(name) = hostname {
+        nix::unistd::sethostname(name).context("setting the pod's hostname")?;
+    }
+    let mut w = control.get_ref().try_clone()?;
+    report(&mut w, &StageReport::Ready);
+    drop(w);
+    detach_stdio();
+    loop {
+        match waitpid(None::<nix::unistd::Pid>, None) {
+            Ok(_) | Err(nix::errno::Errno::EINTR) => {}
+            // Nothing to reap yet: orphans arrive later.
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(500)),
+        }
+    }
 }
 
 /// Gives the workload default signal handling and an empty mask, as a

@@ -1,9 +1,13 @@
 //! A container process's stdio in the guest: three pipes, or a pty, and the
 //! threads that move bytes between them and the host connection.
 //!
-//! Output is read in chunks of [`CHUNK`] and sent in order as stream frames,
-//! then an explicit EOF; input frames go to a writer thread so a process
-//! that does not read its stdin never blocks the agent.
+//! Output is read in chunks of at most [`CHUNK`] and sent in order as
+//! stream frames, then an explicit EOF, each only once the host granted
+//! the room ([`husk_protocol::flow`]): a host that does not read a stream
+//! stalls that stream alone. Input frames go to a writer thread so a
+//! process that does not read its stdin never blocks the agent; the host
+//! sends at most a window ahead, and each write to the process grants it
+//! back.
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -11,8 +15,9 @@ use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::mpsc::{channel, Receiver, Sender};
 
 use anyhow::{Context, Result};
+use husk_protocol::flow::{Window, Windows};
 use husk_protocol::oci::ConsoleSize;
-use husk_protocol::{stdio_stream, GuestMessage, ProcessId};
+use husk_protocol::{stdio_stream, GuestMessage, ProcessId, StreamId, STREAM_WINDOW};
 
 use crate::outbox::Outbox;
 
@@ -116,11 +121,21 @@ pub fn resize(master: &File, rows: u16, cols: u16) -> Result<()> {
 /// Where the host's stdin frames for one process go.
 pub struct StdinSink {
     tx: Sender<Option<Vec<u8>>>,
+    /// Bytes queued and not yet written to the process.
+    queued: std::sync::Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl StdinSink {
-    /// Queues bytes.
+    /// Queues bytes; beyond a window of them (a host that ignores the
+    /// credits) the rest is dropped, so the queue stays bounded.
     pub fn write(&self, data: Vec<u8>) {
+        use std::sync::atomic::Ordering;
+        let len = data.len();
+        if self.queued.fetch_add(len, Ordering::AcqRel) + len > STREAM_WINDOW as usize {
+            self.queued.fetch_sub(len, Ordering::AcqRel);
+            eprintln!("husk-agent: stdin frames beyond the stream window dropped");
+            return;
+        }
         let _ = self.tx.send(Some(data));
     }
 
@@ -143,28 +158,45 @@ pub struct Relays {
     pub outputs: usize,
 }
 
-/// Starts the relay threads of process `process`.
-pub fn start(process: ProcessId, ends: AgentEnds, outbox: &Outbox) -> Result<Relays> {
+/// Starts the relay threads of process `process`; its output streams get
+/// their send windows in `windows`.
+pub fn start(
+    process: ProcessId,
+    ends: AgentEnds,
+    outbox: &Outbox,
+    windows: &std::sync::Arc<Windows>,
+) -> Result<Relays> {
     let (done_tx, outputs_done) = channel();
+    let stdin = stdio_stream(process, 0);
+    let output = |fd: u32, source: File, done: Sender<()>| {
+        let stream = stdio_stream(process, fd);
+        let relay = OutputRelay {
+            stream,
+            window: windows.open(stream),
+            windows: std::sync::Arc::clone(windows),
+            outbox: outbox.clone(),
+        };
+        relay.spawn(source, done)
+    };
     match ends {
         AgentEnds::Pipes {
-            stdin,
+            stdin: input,
             stdout,
             stderr,
         } => {
-            spawn_output(process, 1, stdout, outbox.clone(), done_tx.clone())?;
-            spawn_output(process, 2, stderr, outbox.clone(), done_tx)?;
+            output(1, stdout, done_tx.clone())?;
+            output(2, stderr, done_tx)?;
             Ok(Relays {
-                stdin: spawn_input(stdin, false)?,
+                stdin: spawn_input(input, false, stdin, outbox.clone())?,
                 pty: None,
                 outputs_done,
                 outputs: 2,
             })
         }
         AgentEnds::Pty { master } => {
-            spawn_output(process, 1, master.try_clone()?, outbox.clone(), done_tx)?;
+            output(1, master.try_clone()?, done_tx)?;
             Ok(Relays {
-                stdin: spawn_input(master.try_clone()?, true)?,
+                stdin: spawn_input(master.try_clone()?, true, stdin, outbox.clone())?,
                 pty: Some(master),
                 outputs_done,
                 outputs: 1,
@@ -173,51 +205,91 @@ pub fn start(process: ProcessId, ends: AgentEnds, outbox: &Outbox) -> Result<Rel
     }
 }
 
-fn spawn_output(
-    process: ProcessId,
-    fd: u32,
-    mut source: File,
+/// One output stream on its way to the host.
+struct OutputRelay {
+    stream: StreamId,
+    window: std::sync::Arc<Window>,
+    windows: std::sync::Arc<Windows>,
     outbox: Outbox,
-    done: Sender<()>,
-) -> Result<()> {
-    let stream = stdio_stream(process, fd);
-    std::thread::Builder::new()
-        .name(format!("out-{process}-{fd}"))
-        .spawn(move || {
-            let mut buf = vec![0; CHUNK];
-            loop {
-                match source.read(&mut buf) {
-                    Ok(0) => break,
-                    Ok(n) => {
-                        let data = buf[..n].to_vec().into();
-                        if outbox
-                            .send(&GuestMessage::StreamData { stream, data })
-                            .is_err()
-                        {
-                            break;
-                        }
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-                    // A pty master reads EIO once the last slave fd closed.
-                    Err(_) => break,
-                }
-            }
-            let _ = outbox.send(&GuestMessage::StreamEof { stream });
-            let _ = done.send(());
-        })
-        .context("starting an output relay")?;
-    Ok(())
 }
 
-fn spawn_input(mut sink: File, is_pty: bool) -> Result<StdinSink> {
+impl OutputRelay {
+    fn spawn(self, mut source: File, done: Sender<()>) -> Result<()> {
+        let (process, fd) = husk_protocol::stream_owner(self.stream);
+        std::thread::Builder::new()
+            .name(format!("out-{process}-{fd}"))
+            .spawn(move || {
+                self.relay(&mut source);
+                let _ = self.outbox.send(&GuestMessage::StreamEof {
+                    stream: self.stream,
+                });
+                self.windows.close(self.stream);
+                let _ = done.send(());
+            })
+            .context("starting an output relay")?;
+        Ok(())
+    }
+
+    /// Reads until EOF, sending what the window allows.
+    fn relay(&self, source: &mut File) {
+        let mut buf = vec![0; CHUNK];
+        loop {
+            let Some(room) = self.window.take(CHUNK) else {
+                return;
+            };
+            let n = match source.read(&mut buf[..room]) {
+                Ok(0) => return,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                    self.window.grant(room as u32);
+                    continue;
+                }
+                // A pty master reads EIO once the last slave fd closed.
+                Err(_) => return,
+            };
+            self.window.grant((room - n) as u32);
+            let data = buf[..n].to_vec().into();
+            let message = GuestMessage::StreamData {
+                stream: self.stream,
+                data,
+            };
+            if self.outbox.send(&message).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+fn spawn_input(
+    mut sink: File,
+    is_pty: bool,
+    stream: StreamId,
+    outbox: Outbox,
+) -> Result<StdinSink> {
     let (tx, rx) = channel::<Option<Vec<u8>>>();
+    let queued = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let written = std::sync::Arc::clone(&queued);
     std::thread::Builder::new()
         .name("stdin".into())
         .spawn(move || {
             while let Ok(Some(data)) = rx.recv() {
-                if sink.write_all(&data).is_err() {
+                let ok = sink.write_all(&data).is_ok();
+                written.fetch_sub(data.len(), std::sync::atomic::Ordering::AcqRel);
+                // Granted also when the process is gone, so the host's
+                // relay never waits for room that cannot come.
+                let _ = outbox.send(&GuestMessage::StreamCredit {
+                    stream,
+                    bytes: data.len() as u32,
+                });
+                if !ok {
                     // The process closed its stdin: drop what follows.
-                    while let Ok(Some(_)) = rx.recv() {}
+                    while let Ok(Some(data)) = rx.recv() {
+                        written.fetch_sub(data.len(), std::sync::atomic::Ordering::AcqRel);
+                        let _ = outbox.send(&GuestMessage::StreamCredit {
+                            stream,
+                            bytes: data.len() as u32,
+                        });
+                    }
                     return;
                 }
             }
@@ -227,5 +299,5 @@ fn spawn_input(mut sink: File, is_pty: bool) -> Result<StdinSink> {
             }
         })
         .context("starting the stdin relay")?;
-    Ok(StdinSink { tx })
+    Ok(StdinSink { tx, queued })
 }

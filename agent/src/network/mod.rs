@@ -12,12 +12,14 @@
 //! Every container of the sandbox shares this (the guest's) network
 //! namespace; `lo` is brought up at boot ([`bring_up_loopback`]).
 //! Standby NICs wait in a hidden namespace ([`standby`]); loopback
-//! nameservers are answered by [`dns_relay`].
+//! nameservers are answered by [`dns_relay`]; connections the host forwards
+//! to the guest's localhost come through [`port_forward`].
 //!
 //! Trust: the description comes from the host; a NIC it names that the
 //! guest does not have is an error naming the MAC.
 
 pub mod dns_relay;
+pub mod port_forward;
 pub mod standby;
 
 use std::net::IpAddr;

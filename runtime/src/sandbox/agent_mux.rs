@@ -24,6 +24,8 @@ pub trait Events: Send + Sync + 'static {
     fn data(&self, stream: StreamId, data: Vec<u8>);
     /// An output stream ended.
     fn eof(&self, stream: StreamId);
+    /// The guest consumed `bytes` more of an input stream.
+    fn credit(&self, stream: StreamId, bytes: u32);
     /// A process ended.
     fn exited(&self, process: ProcessId, code: i32);
     /// The connection ended (the guest is gone); `why` says how.
@@ -137,6 +139,11 @@ impl AgentMux {
         self.send(&HostMessage::StreamEof { stream })
     }
 
+    /// Grants the guest `bytes` more of an output stream.
+    pub fn stream_credit(&self, stream: StreamId, bytes: u32) -> Result<(), MuxError> {
+        self.send(&HostMessage::StreamCredit { stream, bytes })
+    }
+
     fn send(&self, message: &HostMessage) -> Result<(), MuxError> {
         let mut writer = self.writer.lock().unwrap_or_else(|e| e.into_inner());
         write_frame(&mut *writer, message).map_err(|e| MuxError::Write(e.to_string()))
@@ -162,6 +169,7 @@ fn dispatch(message: GuestMessage, pending: &Pending, events: &dyn Events) {
         }
         GuestMessage::StreamData { stream, data } => events.data(stream, data.0),
         GuestMessage::StreamEof { stream } => events.eof(stream),
+        GuestMessage::StreamCredit { stream, bytes } => events.credit(stream, bytes),
         GuestMessage::ProcessExited { process, exit_code } => events.exited(process, exit_code),
         GuestMessage::Hello(_) | GuestMessage::ProtocolError { .. } => {}
     }
@@ -184,6 +192,12 @@ mod tests {
         }
         fn eof(&self, stream: StreamId) {
             self.0.lock().unwrap().push(format!("eof {stream}"));
+        }
+        fn credit(&self, stream: StreamId, bytes: u32) {
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("credit {stream} {bytes}"));
         }
         fn exited(&self, process: ProcessId, code: i32) {
             self.0

@@ -1,44 +1,67 @@
 //! The sandbox share: `ROOT/ID/shared`, the one directory virtiofsd serves.
-//! The bundle's rootfs and every bind-mount source of config.json are bound
-//! into it (read-only where the spec says so), before virtiofsd starts, and
-//! the spec's mounts are rewritten to point inside the share.
+//! Each container's rootfs and every bind-mount source of its config.json
+//! are bound into `<container id>/` in it (read-only where the spec says
+//! so), and the spec's mounts are rewritten to point inside the share.
+//! Containers are added while the VM runs (a pod's): the share is a mount
+//! of its own with shared propagation, made before virtiofsd starts, so
+//! binds added later reach virtiofsd's mount namespace (a slave copy);
+//! each bind itself is private, so nothing the host mounts under a source
+//! later leaks into the guest's view and back.
 //!
 //! Trust: paths come from the user's bundle; each source is bound as given
-//! (the user may share what they can read). The binds are private, so
-//! nothing the host mounts later leaks into the guest's view and back.
+//! (the user may share what they can read).
 
+use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use husk_protocol::oci::Mount;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 
-/// Where the rootfs appears in the share.
+/// Where a container's rootfs appears in its directory of the share.
 pub const ROOTFS: &str = "rootfs";
-/// Where bind sources appear in the share: `mounts/<index>`.
+/// Where its bind sources appear: `mounts/<index>`.
 pub const MOUNTS: &str = "mounts";
+
+/// A container's view in the share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerFiles {
+    /// Its rootfs, relative to the share.
+    pub rootfs: String,
+    /// Its mounts, bind sources relative to the share.
+    pub mounts: Vec<Mount>,
+}
 
 /// The share directory and what was mounted in it.
 pub struct Share {
     dir: PathBuf,
-    mounted: Vec<PathBuf>,
+    /// The share's own mount (it must go last).
+    own_mount: bool,
+    /// Each container's binds, in mount order.
+    containers: HashMap<String, Vec<PathBuf>>,
 }
 
 impl Share {
-    /// Creates `dir` (empty) and binds the rootfs, writable even for a
-    /// read-only root, as runc does it: mount points are made first, then
-    /// the guest remounts the root read-only.
-    pub fn create(dir: &Path, rootfs: &Path) -> Result<Share> {
+    /// Creates `dir` (empty) as a mount of its own with shared propagation
+    /// (in a peer group of its own), ready for containers.
+    pub fn create(dir: &Path) -> Result<Share> {
         fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let mut share = Share {
             dir: dir.to_path_buf(),
-            mounted: Vec::new(),
+            own_mount: false,
+            containers: HashMap::new(),
         };
-        let target = dir.join(ROOTFS);
-        fs::create_dir_all(&target)?;
-        share.bind(rootfs, &target, true, false)?;
-        fs::create_dir_all(dir.join(MOUNTS))?;
+        mount(Some(dir), dir, None::<&str>, MsFlags::MS_BIND, None::<&str>)
+            .with_context(|| format!("binding {} onto itself", dir.display()))?;
+        share.own_mount = true;
+        for (flags, what) in [
+            (MsFlags::MS_PRIVATE, "private"),
+            (MsFlags::MS_SHARED, "shared"),
+        ] {
+            mount(None::<&str>, dir, None::<&str>, flags, None::<&str>)
+                .with_context(|| format!("making {} {what}", dir.display()))?;
+        }
         Ok(share)
     }
 
@@ -47,63 +70,43 @@ impl Share {
         &self.dir
     }
 
-    /// Binds the source of each bind mount into the share and returns the
-    /// mounts with sources relative to the share. `bundle` resolves
-    /// relative sources.
-    pub fn add_binds(&mut self, mounts: &[Mount], bundle: &Path) -> Result<Vec<Mount>> {
-        let mut rewritten = Vec::with_capacity(mounts.len());
-        for (i, m) in mounts.iter().enumerate() {
-            let mut m = m.clone();
-            if m.is_bind() {
-                let source = bundle.join(m.source.as_deref().unwrap_or_default());
-                let meta = fs::metadata(&source)
-                    .with_context(|| format!("mounts[{i}].source {}", source.display()))?;
-                let relative = format!("{MOUNTS}/{i}");
-                let target = self.dir.join(&relative);
-                if meta.is_dir() {
-                    fs::create_dir_all(&target)?;
-                } else {
-                    fs::File::create(&target)?;
-                }
-                let recursive = m.options.iter().any(|o| o == "rbind");
-                let readonly = m.options.iter().any(|o| o == "ro");
-                self.bind(&source, &target, recursive, readonly)
-                    .with_context(|| format!("mounts[{i}] ({})", m.destination))?;
-                m.source = Some(relative);
-            }
-            rewritten.push(m);
+    /// Binds container `id`'s rootfs (writable even for a read-only root,
+    /// as runc does it: mount points are made first, then the guest
+    /// remounts the root read-only) and its bind sources into the share;
+    /// `bundle` resolves relative sources. On error, nothing of it stays.
+    pub fn add_container(
+        &mut self,
+        id: &str,
+        rootfs: &Path,
+        mounts: &[Mount],
+        bundle: &Path,
+    ) -> Result<ContainerFiles> {
+        if id.is_empty() || id.contains('/') || id == "." || id == ".." {
+            bail!("container id {id:?} cannot name a directory of the share");
         }
-        Ok(rewritten)
+        if self.containers.contains_key(id) {
+            bail!("container {id} is already in the share");
+        }
+        let root = self.dir.join(id);
+        fs::create_dir(&root).with_context(|| format!("creating {}", root.display()))?;
+        let mut binds = Vec::new();
+        let added = add_binds(&root, id, rootfs, mounts, bundle, &mut binds);
+        self.containers.insert(id.to_string(), binds);
+        if added.is_err() {
+            let _ = self.remove_container(id);
+        }
+        added
     }
 
-    fn bind(
-        &mut self,
-        source: &Path,
-        target: &Path,
-        recursive: bool,
-        readonly: bool,
-    ) -> Result<()> {
-        let mut flags = MsFlags::MS_BIND;
-        if recursive {
-            flags |= MsFlags::MS_REC;
+    /// Unmounts container `id`'s binds and removes its directory.
+    pub fn remove_container(&mut self, id: &str) -> Result<()> {
+        let Some(binds) = self.containers.remove(id) else {
+            return Ok(());
+        };
+        for target in binds.into_iter().rev() {
+            let _ = umount2(&target, MntFlags::MNT_DETACH);
         }
-        mount(Some(source), target, None::<&str>, flags, None::<&str>)
-            .with_context(|| format!("binding {} into the share", source.display()))?;
-        self.mounted.push(target.to_path_buf());
-        mount(
-            None::<&str>,
-            target,
-            None::<&str>,
-            MsFlags::MS_PRIVATE | MsFlags::MS_REC,
-            None::<&str>,
-        )
-        .context("making the share bind private")?;
-        if readonly {
-            let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
-            mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
-                .context("making the share bind read-only")?;
-        }
-        Ok(())
+        remove_dir(&self.dir.join(id))
     }
 
     /// Unmounts everything and removes the directory.
@@ -113,8 +116,13 @@ impl Share {
     }
 
     fn unmount_all(&mut self) {
-        for target in self.mounted.drain(..).rev() {
-            let _ = umount2(&target, MntFlags::MNT_DETACH);
+        for (_, binds) in self.containers.drain() {
+            for target in binds.into_iter().rev() {
+                let _ = umount2(&target, MntFlags::MNT_DETACH);
+            }
+        }
+        if std::mem::take(&mut self.own_mount) {
+            let _ = umount2(&self.dir, MntFlags::MNT_DETACH);
         }
     }
 }
@@ -123,6 +131,79 @@ impl Drop for Share {
     fn drop(&mut self) {
         self.unmount_all();
     }
+}
+
+/// Binds `rootfs` and the bind sources of `mounts` under `root` (the
+/// container's directory, `id` relative to the share), recording each
+/// bind in `binds`.
+fn add_binds(
+    root: &Path,
+    id: &str,
+    rootfs: &Path,
+    mounts: &[Mount],
+    bundle: &Path,
+    binds: &mut Vec<PathBuf>,
+) -> Result<ContainerFiles> {
+    let target = root.join(ROOTFS);
+    fs::create_dir_all(&target)?;
+    bind(rootfs, &target, true, false, binds)?;
+    fs::create_dir_all(root.join(MOUNTS))?;
+    let mut rewritten = Vec::with_capacity(mounts.len());
+    for (i, m) in mounts.iter().enumerate() {
+        let mut m = m.clone();
+        if m.is_bind() {
+            let source = bundle.join(m.source.as_deref().unwrap_or_default());
+            let meta = fs::metadata(&source)
+                .with_context(|| format!("mounts[{i}].source {}", source.display()))?;
+            let relative = format!("{MOUNTS}/{i}");
+            let target = root.join(&relative);
+            if meta.is_dir() {
+                fs::create_dir_all(&target)?;
+            } else {
+                fs::File::create(&target)?;
+            }
+            let recursive = m.options.iter().any(|o| o == "rbind");
+            let readonly = m.options.iter().any(|o| o == "ro");
+            bind(&source, &target, recursive, readonly, binds)
+                .with_context(|| format!("mounts[{i}] ({})", m.destination))?;
+            m.source = Some(format!("{id}/{relative}"));
+        }
+        rewritten.push(m);
+    }
+    Ok(ContainerFiles {
+        rootfs: format!("{id}/{ROOTFS}"),
+        mounts: rewritten,
+    })
+}
+
+fn bind(
+    source: &Path,
+    target: &Path,
+    recursive: bool,
+    readonly: bool,
+    binds: &mut Vec<PathBuf>,
+) -> Result<()> {
+    let mut flags = MsFlags::MS_BIND;
+    if recursive {
+        flags |= MsFlags::MS_REC;
+    }
+    mount(Some(source), target, None::<&str>, flags, None::<&str>)
+        .with_context(|| format!("binding {} into the share", source.display()))?;
+    binds.push(target.to_path_buf());
+    mount(
+        None::<&str>,
+        target,
+        None::<&str>,
+        MsFlags::MS_PRIVATE | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .context("making the share bind private")?;
+    if readonly {
+        let flags = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+        mount(None::<&str>, target, None::<&str>, flags, None::<&str>)
+            .context("making the share bind read-only")?;
+    }
+    Ok(())
 }
 
 /// Unmounts whatever is still mounted under `dir` (after a crash) and

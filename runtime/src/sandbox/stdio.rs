@@ -1,9 +1,8 @@
 //! Host ends of a process's stdio: input fds read into stream frames
-//! (stopping when asked, so an exec'd process that ended leaves no thread
-//! behind), output fds written from the agent's stream frames.
-//!
-//! Ordering: one reader thread per connection delivers every output frame,
-//! so bytes of one stream are written in the order the guest read them.
+//! within the stream's window (stopping when asked, so an exec'd process
+//! that ended leaves no thread behind), output fds written from the
+//! agent's stream frames (by [`crate::sandbox::router`], one writer
+//! thread per stream, in the order the guest read them).
 //!
 //! Trust: output bytes come from the guest and are written as they are,
 //! never interpreted; each frame is bounded by the decoder.
@@ -14,6 +13,7 @@ use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use husk_protocol::flow::Window;
 use husk_protocol::StreamId;
 
 use crate::sandbox::agent_mux::AgentMux;
@@ -24,12 +24,14 @@ const CHUNK: usize = 64 * 1024;
 /// How often an idle input relay checks whether it should stop.
 const STOP_CHECK_MS: i32 = 200;
 
-/// Starts a thread that sends what `fd` yields as `stream`, then an EOF.
-/// Setting `stop` ends it without an EOF frame.
+/// Starts a thread that sends what `fd` yields as `stream`, then an EOF,
+/// never more than `window` allows (the guest grants it back as the
+/// process reads). Setting `stop` ends it without an EOF frame.
 pub fn relay_input(
     fd: OwnedFd,
     stream: StreamId,
     mux: Arc<AgentMux>,
+    window: Arc<Window>,
     stop: Arc<AtomicBool>,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
@@ -44,14 +46,21 @@ pub fn relay_input(
                 if !readable(file.as_raw_fd(), STOP_CHECK_MS) {
                     continue;
                 }
-                match file.read(&mut buf) {
+                let Some(room) = window.take(CHUNK) else {
+                    return;
+                };
+                match file.read(&mut buf[..room]) {
                     Ok(0) => break,
                     Ok(n) => {
+                        window.grant((room - n) as u32);
                         if mux.stream_data(stream, &buf[..n]).is_err() {
                             return;
                         }
                     }
-                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                    Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {
+                        window.grant(room as u32);
+                        continue;
+                    }
                     // EIO: a pty whose other side closed.
                     Err(_) => break,
                 }
@@ -73,6 +82,7 @@ fn readable(fd: RawFd, timeout_ms: i32) -> bool {
 }
 
 /// Where an output stream goes.
+#[derive(Debug)]
 pub struct OutputSink {
     file: File,
     /// A standard fd of this process to point at /dev/null at EOF (the

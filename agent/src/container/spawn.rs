@@ -1,0 +1,89 @@
+//! Starting a [`super::stage`]: a fresh exec of this binary with the
+//! control socket on [`CONTROL_FD`], its task sent as a JSON line, and its
+//! reports read back.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
+use std::process::{Command, Stdio};
+
+use anyhow::{anyhow, Context, Result};
+
+use super::stage::{StageReport, StageTask, CONTROL_FD, STAGE_ARG};
+use super::stdio::ChildEnds;
+
+/// A started stage.
+pub struct Spawned {
+    /// The container process's pid.
+    pub pid: i32,
+    /// The stage's exit status, which is the process's.
+    pub exited: std::sync::mpsc::Receiver<crate::reaper::ExitStatus>,
+    /// The control socket.
+    pub control: BufReader<UnixStream>,
+}
+
+/// Starts a stage with `task`.
+pub fn spawn_stage(task: &StageTask, child: ChildEnds) -> Result<Spawned> {
+    let (mut ours, theirs) = UnixStream::pair().context("creating the stage socketpair")?;
+    let theirs_fd = theirs.as_raw_fd();
+    let [stdin, stdout, stderr] = child.0;
+    let mut command = Command::new("/proc/self/exe");
+    command
+        .arg0(STAGE_ARG)
+        .arg(STAGE_ARG)
+        .env_clear()
+        .stdin(Stdio::from(stdin))
+        .stdout(Stdio::from(stdout))
+        .stderr(Stdio::from(stderr));
+    // SAFETY: dup2 is async-signal-safe; it only touches fds of the child.
+    unsafe {
+        command.pre_exec(move || {
+            // dup2 onto itself keeps close-on-exec set: clear it instead.
+            let rc = if theirs_fd == CONTROL_FD {
+                libc::fcntl(theirs_fd, libc::F_SETFD, 0)
+            } else {
+                libc::dup2(theirs_fd, CONTROL_FD)
+            };
+            if rc < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let (stage, exited) =
+        crate::reaper::spawn_watched(|| command.spawn()).context("starting the container stage")?;
+    drop(theirs);
+    drop(stage);
+    let mut line = serde_json::to_string(task).context("encoding the stage task")?;
+    line.push('\n');
+    ours.write_all(line.as_bytes())
+        .context("sending the stage task")?;
+    let mut control = BufReader::new(ours);
+    match read_report(&mut control)? {
+        Some(StageReport::Pid(pid)) => Ok(Spawned {
+            pid,
+            exited,
+            control,
+        }),
+        Some(StageReport::Error(e)) => {
+            let _ = exited.recv();
+            Err(anyhow!("{e}"))
+        }
+        other => Err(anyhow!("the stage reported {other:?} instead of a pid")),
+    }
+}
+
+/// Reads one report; `None` when the other end closed (the process exec'd).
+pub fn read_report(control: &mut BufReader<UnixStream>) -> Result<Option<StageReport>> {
+    let mut line = String::new();
+    let n = control
+        .read_line(&mut line)
+        .context("reading from the container process")?;
+    if n == 0 {
+        return Ok(None);
+    }
+    serde_json::from_str(&line)
+        .map(Some)
+        .with_context(|| format!("bad report from the stage: {line:?}"))
+}
