@@ -19,3 +19,4 @@ pub mod initramfs;
 pub mod oci;
 pub mod process;
 pub mod sandbox;
+pub mod shim;
