@@ -19,7 +19,8 @@ cd "$repo"
 # artifacts apart from the host build.
 RUSTFLAGS="-C target-feature=+crt-static" \
     cargo build --quiet --release --locked --target "$target" -p husk-agent >&2
-cargo build --quiet --release --locked -p husk --bin husk -p husk-vmm --bin husk-vmm >&2
+cargo build --quiet --release --locked -p husk --bin husk --bin containerd-shim-husk-v2 \
+    -p husk-vmm --bin husk-vmm >&2
 
 bin="$repo/target/$target/release"
 for b in husk-agent husk-bare-init; do

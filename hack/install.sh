@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds husk, the guest kernel and the initramfs, and installs them:
-#   /usr/local/bin/{husk,husk-vmm}  (husk-vmm: the builtin KVM monitor)
+#   /usr/local/bin/{husk,husk-vmm,containerd-shim-husk-v2}  (husk-vmm: the
+#       builtin KVM monitor; the shim: containerd's runtime io.containerd.husk.v2)
 #   /usr/local/share/husk/{vmlinux,initramfs.cpio}
 #   /usr/local/libexec/husk/{virtiofsd,vhost-device-vsock}  (install-deps.sh)
 # husk's built-in defaults point at these paths, so no config file is needed.
@@ -8,7 +9,8 @@
 # of their configuration (husk register-engines; running it again changes
 # nothing): docker (/etc/docker/daemon.json, runtime "husk"), podman
 # (/etc/containers/containers.conf, runtime "husk" with JSON logs) and
-# containerd (/etc/containerd/config.toml, CRI runtime handler "husk").
+# containerd (/etc/containerd/config.toml, CRI runtime handler "husk" with
+# runtime_type io.containerd.husk.v2: one VM per pod).
 set -euo pipefail
 
 repo=$(cd "$(dirname "$0")/.." && pwd)
@@ -24,6 +26,7 @@ install -m 0644 "$kernel" "$share/vmlinux"
 install -m 0644 "$initramfs" "$share/initramfs.cpio"
 install -m 0755 "$repo/target/release/husk" "$bindir/husk"
 install -m 0755 "$repo/target/release/husk-vmm" "$bindir/husk-vmm"
+install -m 0755 "$repo/target/release/containerd-shim-husk-v2" "$bindir/containerd-shim-husk-v2"
 echo "install: husk $("$bindir/husk" --version | cut -d' ' -f2) in $bindir, guest in $share" >&2
 "$bindir/husk" register-engines --husk "$bindir/husk" >&2
 # dockerd rereads its runtimes on SIGHUP; containerd needs a restart.

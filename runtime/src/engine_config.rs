@@ -10,8 +10,11 @@
 //!   `--log-format=json`; the list replaces podman's default, so the
 //!   default runtimes are kept in it);
 //! - containerd: `/etc/containerd/config.toml`, a CRI runtime handler
-//!   `husk` through the runc shim with `BinaryName` (what Kubernetes'
-//!   RuntimeClass `handler: husk` names).
+//!   `husk` with `runtime_type = "io.containerd.husk.v2"` (what
+//!   Kubernetes' RuntimeClass `handler: husk` names): containerd finds
+//!   `containerd-shim-husk-v2` next to husk on its PATH and runs one VM per
+//!   pod. An earlier entry through the runc shim (`BinaryName` = husk) is
+//!   replaced.
 
 use std::path::{Path, PathBuf};
 
@@ -190,13 +193,23 @@ fn register_containerd(text: &str, husk: &Path) -> Result<String> {
     ];
     let runtime = table(doc.as_table_mut(), &path, FILE)?;
     runtime.set_implicit(false);
-    if runtime.get("runtime_type").and_then(Item::as_str) != Some("io.containerd.runc.v2") {
-        runtime.insert("runtime_type", value("io.containerd.runc.v2"));
+    if runtime.get("runtime_type").and_then(Item::as_str) != Some(crate::shim::RUNTIME_ID) {
+        runtime.insert("runtime_type", value(crate::shim::RUNTIME_ID));
     }
-    let options = table(runtime, &["options"], FILE)?;
-    options.set_implicit(false);
-    if options.get("BinaryName").and_then(Item::as_str) != Some(husk_path.as_str()) {
-        options.insert("BinaryName", value(husk_path));
+    // The runc shim's way to name husk, from an earlier install.
+    let runc_entry = runtime
+        .get("options")
+        .and_then(Item::as_table)
+        .and_then(|o| o.get("BinaryName"))
+        .and_then(Item::as_str)
+        == Some(husk_path.as_str());
+    if runc_entry {
+        if let Some(options) = runtime.get_mut("options").and_then(Item::as_table_mut) {
+            options.remove("BinaryName");
+            if options.is_empty() {
+                runtime.remove("options");
+            }
+        }
     }
     Ok(doc.to_string())
 }
@@ -286,7 +299,7 @@ mod tests {
     }
 
     #[test]
-    fn containerd_adds_a_cri_handler_through_the_runc_shim() {
+    fn containerd_adds_a_cri_handler_for_the_husk_shim() {
         let text = "version = 2\n# mine\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  \
                     restrict_oom_score_adj = true\n";
 
@@ -297,8 +310,25 @@ mod tests {
         let cri = &doc["plugins"]["io.containerd.grpc.v1.cri"];
         assert_eq!(cri["restrict_oom_score_adj"].as_bool(), Some(true));
         let husk = &cri["containerd"]["runtimes"]["husk"];
-        assert_eq!(husk["runtime_type"].as_str(), Some("io.containerd.runc.v2"));
-        assert_eq!(husk["options"]["BinaryName"].as_str(), Some(HUSK));
+        assert_eq!(husk["runtime_type"].as_str(), Some("io.containerd.husk.v2"));
+        assert!(husk.get("options").is_none(), "{out}");
+    }
+
+    #[test]
+    fn containerd_replaces_the_runc_shim_entry_of_an_earlier_install() {
+        let text = format!(
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk]\n\
+             runtime_type = \"io.containerd.runc.v2\"\n\
+             [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk.options]\n\
+             BinaryName = \"{HUSK}\"\n"
+        );
+
+        let out = register_twice(Engine::Containerd, &text);
+
+        let doc: toml::Value = toml::from_str(&out).unwrap();
+        let husk = &doc["plugins"]["io.containerd.grpc.v1.cri"]["containerd"]["runtimes"]["husk"];
+        assert_eq!(husk["runtime_type"].as_str(), Some("io.containerd.husk.v2"));
+        assert!(husk.get("options").is_none(), "{out}");
     }
 
     #[test]
