@@ -116,6 +116,8 @@ pub struct Sandbox {
     network: Mutex<HostNetwork>,
     dns_socket: Option<PathBuf>,
     vm_pid: u32,
+    /// The hybrid vsock socket host-initiated connections go through.
+    vsock_uds: PathBuf,
     next_process: AtomicU32,
 }
 
@@ -152,6 +154,7 @@ impl Sandbox {
         let sandbox = Sandbox {
             dir: opts.dir,
             vm_pid: vm.pid(),
+            vsock_uds: vm_config.vsock_uds(),
             mux,
             router,
             vm: Mutex::new(Some(vm)),
@@ -171,6 +174,36 @@ impl Sandbox {
     /// The VMM's host pid.
     pub fn vm_pid(&self) -> u32 {
         self.vm_pid
+    }
+
+    /// A stream to the guest's vsock `port` (hybrid vsock: `CONNECT
+    /// <port>` on the VM's socket, answered `OK <local port>`).
+    pub fn connect_guest(&self, port: u32) -> std::io::Result<std::os::unix::net::UnixStream> {
+        use std::io::Write;
+        let mut stream = std::os::unix::net::UnixStream::connect(&self.vsock_uds)?;
+        stream.write_all(format!("CONNECT {port}\n").as_bytes())?;
+        stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+        // Byte by byte: what follows the line belongs to the connection.
+        let mut line = Vec::new();
+        let mut byte = [0u8; 1];
+        while line.len() < 64 {
+            std::io::Read::read_exact(&mut stream, &mut byte)?;
+            if byte[0] == b'\n' {
+                break;
+            }
+            line.push(byte[0]);
+        }
+        stream.set_read_timeout(None)?;
+        if !line.starts_with(b"OK ") {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionRefused,
+                format!(
+                    "the guest refused vsock port {port}: {:?}",
+                    String::from_utf8_lossy(&line)
+                ),
+            ));
+        }
+        Ok(stream)
     }
 
     /// A process id not used in this sandbox yet (0 is left to the CLI's

@@ -7,7 +7,8 @@
 //! them all the address of the shim that serves their pod, so one process
 //! holds the pod's VM ([`pod`]) and answers every task's RPCs
 //! ([`service`]). The pod's sandbox (pause) container is the VM itself; a
-//! container without CRI annotations gets a VM of its own. Events go out in
+//! container without CRI annotations gets a VM of its own; a pod's
+//! localhost is reachable for CRI port-forward ([`port_forward`]). Events go out in
 //! containerd's order ([`events`]); errors carry the kind containerd maps
 //! ([`error`]). `delete` after a crash removes what the dead shim left.
 //!
@@ -18,6 +19,7 @@ pub mod error;
 pub mod events;
 pub mod io;
 pub mod pod;
+pub mod port_forward;
 pub mod service;
 pub mod spec;
 

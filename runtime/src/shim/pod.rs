@@ -21,6 +21,7 @@ use husk_protocol::{ProcessId, Request, Response, SandboxSpec, Stats};
 use super::error::TaskError;
 use super::events::{Event, Events};
 use super::io::StdioPaths;
+use super::port_forward;
 use super::spec::{pod_namespaces, pod_size, TaskKind, POD_NAMESPACES};
 use crate::config::Config;
 use crate::oci::spec::Bundle;
@@ -307,7 +308,7 @@ impl Pod {
             on_disconnect: Box::new(|why| containerd_shim::warn!("the VM is gone: {why}")),
         };
         let hostname = bundle.spec.hostname.clone();
-        let booted = keep_vm(netns, opts).and_then(|(sandbox, keeper)| {
+        let booted = keep_vm(netns, opts, pod).and_then(|(sandbox, keeper)| {
             if pod {
                 let spec = SandboxSpec {
                     hostname,
@@ -890,10 +891,12 @@ fn self_process(task: &Task, exec: &str) -> Result<ProcessId, TaskError> {
 }
 
 /// Boots a sandbox from a thread that joins `netns` and keeps the VM until
-/// the returned sender is dropped.
+/// the returned sender is dropped; a pod's gets the port-forward relay in
+/// that namespace.
 fn keep_vm(
     netns: Option<PathBuf>,
     opts: SandboxOptions,
+    pod: bool,
 ) -> Result<(Arc<Sandbox>, Sender<()>), TaskError> {
     let (booted_tx, booted) = channel();
     let (keeper, release) = channel::<()>();
@@ -915,9 +918,19 @@ fn keep_vm(
             };
             match boot() {
                 Ok(sandbox) => {
+                    let relay = match pod.then(|| port_forward::start(Arc::clone(&sandbox))) {
+                        Some(Err(e)) => {
+                            containerd_shim::warn!("no port-forward into the pod: {e}");
+                            None
+                        }
+                        relay => relay.and_then(Result::ok),
+                    };
                     let _ = booted_tx.send(Ok(Arc::clone(&sandbox)));
                     // Until the shim lets go of the VM.
                     let _ = release.recv();
+                    if let Some(relay) = relay {
+                        relay.stop();
+                    }
                     sandbox.shutdown();
                 }
                 Err(e) => {
