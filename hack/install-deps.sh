@@ -5,6 +5,7 @@
 #     (podman with netavark, docker.io, containerd), runc (the baseline),
 #     busybox-static and debootstrap for the test images; cpio and kmod for
 #     the nested KVM test host's initramfs (hack/kvm-testhost.sh);
+#     protobuf-compiler (protoc) for the CRI suite's k8s-cri crate;
 #   - virtiofsd and vhost-device-vsock from crates.io, pinned, into
 #     /usr/local/libexec/husk (husk's default helper paths).
 # A second run with everything in place takes about a second.
@@ -20,7 +21,8 @@ log() { echo "install-deps: $*" >&2; }
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc xz-utils
     libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config
     podman conmon catatonit runc uidmap golang-github-containers-common busybox-static
-    netavark aardvark-dns containernetworking-plugins iptables docker.io containerd debootstrap cpio kmod)
+    netavark aardvark-dns containernetworking-plugins iptables docker.io containerd debootstrap cpio kmod
+    protobuf-compiler)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

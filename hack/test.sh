@@ -68,8 +68,16 @@ step "build"
 cargo build --quiet --locked --workspace
 suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
 suite netlink cargo test --locked -p husk-netlink --test kernel -- --test-threads=2
-for e2e in boot cli network podman engines; do
-    suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
+for e2e in boot cli network podman engines cri; do
+    only=()
+    # The CRI suite's husk variant drives containerd-shim-husk-v2, which lands on its
+    # own: until the workspace builds it, the suite runs the runc baseline alone (a
+    # skip would fail here).
+    if [[ $e2e == cri && ! -x $repo/target/debug/containerd-shim-husk-v2 ]]; then
+        echo "test.sh: containerd-shim-husk-v2 is not built; the CRI suite runs with runc only" >&2
+        only=(--skip cri_with_husk)
+    fi
+    suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2 "${only[@]}"
 done
 
 step "builtin backend: boot, cli, network and builtin suites with real KVM"
@@ -94,21 +102,22 @@ else
 fi
 
 step "leftovers"
-leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock|sandbox-monitor|/tmp/husk-root-|husk-(podman|docker|containerd)-|/run/husk-sockets/' || true)
+leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock|sandbox-monitor|/tmp/husk-root-|husk-(podman|docker|containerd|cri)-|/run/husk-sockets/' || true)
 if [[ -n $leftover ]]; then
     echo "processes left behind by the tests:" >&2
     echo "$leftover" >&2
     exit 1
 fi
-mounts=$(grep -E 'husk-root-|husk-(podman|docker|containerd)-|husk-bundle-|husk-engine-scratch-' /proc/mounts || true)
+mounts=$(grep -E 'husk-root-|husk-(podman|docker|containerd|cri)-|husk-bundle-|husk-engine-scratch-' /proc/mounts || true)
 if [[ -n $mounts ]]; then
     echo "mounts left behind by the tests:" >&2
     echo "$mounts" >&2
     exit 1
 fi
-dirs=$(ls -d /tmp/husk-root-* /tmp/husk-bundle-* /var/tmp/husk-{podman,docker,containerd}-* \
+dirs=$(ls -d /tmp/husk-root-* /tmp/husk-bundle-* /var/tmp/husk-{podman,docker,containerd,cri}-* \
     /var/tmp/husk-engine-scratch-* /run/husk-sockets/* 2>/dev/null || true)
-dirs+=$(ip netns list 2>/dev/null | grep -E '^husk-' || true)
+# cni-<uuid>: the pods' namespaces of the CRI suite's containerd.
+dirs+=$(ip netns list 2>/dev/null | grep -E '^(husk|cni)-' || true)
 # Taps, veths and ingress qdiscs in the host's namespace (the tests' own
 # namespaces are listed above).
 dirs+=$(ip -o link show 2>/dev/null | grep -E 'husk-tap|: hv[0-9]+[ab][0-9]+' || true)

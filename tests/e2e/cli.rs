@@ -602,7 +602,11 @@ fn the_workload_starts_with_default_signal_handling() {
 fn an_unread_stdout_stalls_only_itself_and_loses_nothing() {
     let cli = cli_or_skip!();
     // 8 MiB, far more than the stream window and a pipe hold together.
-    let bundle = cli.bundle(&["sh", "-c", "head -c 8388608 /dev/zero | tr '\\0' x; echo; sleep 1000"]);
+    let bundle = cli.bundle(&[
+        "sh",
+        "-c",
+        "head -c 8388608 /dev/zero | tr '\\0' x; echo; sleep 1000",
+    ]);
     let mut run = cli
         .husk(["run", "--bundle", &bundle.path(), "unread"])
         .stdin(Stdio::null())
@@ -617,7 +621,12 @@ fn an_unread_stdout_stalls_only_itself_and_loses_nothing() {
     let started = Instant::now();
     let exec = cli.output(["exec", "unread", "echo", "exec answers"]);
     let ps = cli.output(["ps", "unread"]);
-    assert_eq!(text(&exec.stdout), "exec answers\n", "{}", text(&exec.stderr));
+    assert_eq!(
+        text(&exec.stdout),
+        "exec answers\n",
+        "{}",
+        text(&exec.stderr)
+    );
     assert!(ps.status.success(), "{}", text(&ps.stderr));
     assert!(
         started.elapsed() < Duration::from_secs(20),

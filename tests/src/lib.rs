@@ -8,6 +8,7 @@
 //! a test that would skip fails instead, naming why.
 
 pub mod cli;
+pub mod cri;
 pub mod engines;
 pub mod net;
 pub mod podman;
@@ -146,15 +147,21 @@ macro_rules! env_or_skip {
     };
 }
 
+/// `target/debug` of the workspace (or of `$CARGO_TARGET_DIR`), where the
+/// binaries the tests drive are built.
+pub fn debug_dir() -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("debug")
+}
+
 /// The `husk` binary built alongside the tests.
 pub fn husk_binary() -> Result<PathBuf, String> {
     if let Some(path) = std::env::var_os("HUSK_BIN") {
         return Ok(path.into());
     }
-    let target = std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
-    let path = target.join("debug/husk");
+    let path = debug_dir().join("husk");
     if path.is_file() {
         Ok(path)
     } else {
