@@ -13,10 +13,39 @@ pub const HOST_CID: u32 = 2;
 /// `VMADDR_CID_ANY`: listen on every context id of the guest.
 const CID_ANY: u32 = u32::MAX;
 
+/// A vsock socket listening in the guest.
+pub struct Listener(OwnedFd);
+
+impl Listener {
+    /// The next connection from the host. (std's `UnixListener::accept`
+    /// cannot be used: it refuses a peer address that is not `AF_UNIX`.)
+    pub fn accept(&self) -> io::Result<UnixStream> {
+        loop {
+            // SAFETY: accept4 on the listening socket we own; no address is
+            // asked for.
+            let fd = unsafe {
+                libc::accept4(
+                    std::os::fd::AsRawFd::as_raw_fd(&self.0),
+                    std::ptr::null_mut(),
+                    std::ptr::null_mut(),
+                    libc::SOCK_CLOEXEC,
+                )
+            };
+            if fd >= 0 {
+                // SAFETY: `fd` is a fresh connection that nothing else owns.
+                return Ok(UnixStream::from(unsafe { OwnedFd::from_raw_fd(fd) }));
+            }
+            let e = io::Error::last_os_error();
+            if e.kind() != io::ErrorKind::Interrupted {
+                return Err(e);
+            }
+        }
+    }
+}
+
 /// Listens on vsock `port` of the guest; accepted connections come from
-/// the host. [`std::os::unix::net::UnixListener`] is only the std wrapper
-/// for accept.
-pub fn listen(port: u32) -> io::Result<std::os::unix::net::UnixListener> {
+/// the host.
+pub fn listen(port: u32) -> io::Result<Listener> {
     // SAFETY: socket(2) with constant arguments; the result is checked.
     let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
     if fd < 0 {
@@ -44,7 +73,7 @@ pub fn listen(port: u32) -> io::Result<std::os::unix::net::UnixListener> {
     if unsafe { libc::listen(fd, 64) } < 0 {
         return Err(io::Error::last_os_error());
     }
-    Ok(std::os::unix::net::UnixListener::from(owned))
+    Ok(Listener(owned))
 }
 
 /// Connects to `port` on the host. The returned stream is an ordinary

@@ -66,8 +66,10 @@ impl DnsRelay {
 /// A connection the host forwards into the guest (a CRI port-forward:
 /// containerd dials `localhost:PORT` in the pod's namespace on the host):
 /// the host connects to the agent's vsock port
-/// [`crate::PORT_FORWARD_PORT`], writes [`PortForward::line`], and the
-/// stream then carries a TCP connection to `localhost:PORT` in the guest.
+/// [`crate::PORT_FORWARD_PORT`], writes [`PortForward::line`]; the agent
+/// answers [`PortForward::CONNECTED`] once `localhost:PORT` in the guest
+/// accepted (or `error MESSAGE` and closes), and the stream then carries
+/// the TCP connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PortForward {
     /// The TCP port.
@@ -75,6 +77,9 @@ pub struct PortForward {
 }
 
 impl PortForward {
+    /// The agent's answer once it connected.
+    pub const CONNECTED: &'static str = "ok\n";
+
     /// The first line of the stream, newline included.
     pub fn line(&self) -> String {
         format!("tcp {}\n", self.port)

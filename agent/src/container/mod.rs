@@ -201,10 +201,10 @@ impl Sandbox {
             namespaces: spec.namespaces.clone(),
             cgroup: cgroup.path().to_path_buf(),
         };
-        let ends = stdio::pipes()?;
+        let (_, child) = stdio::pipes()?;
         let Spawned {
             pid, mut control, ..
-        } = spawn_stage(&task, ends.1)?;
+        } = spawn_stage(&task, child, None)?;
         match read_report(&mut control)? {
             Some(StageReport::Ready) => {}
             Some(StageReport::Error(e)) => bail!("{e}"),
@@ -252,7 +252,7 @@ impl Sandbox {
         join: Option<i32>,
     ) -> Result<Response> {
         cgroup.apply(&spec.resources).context("linux.resources")?;
-        let ends = stdio::for_process(&spec.process)?;
+        let stdio = stdio::for_process(&spec.process)?;
         let (id, init, seccomp) = (spec.id.clone(), spec.init, spec.seccomp.clone());
         let task = StageTask::Create {
             spec: Box::new(spec),
@@ -260,17 +260,19 @@ impl Sandbox {
             cgroup: cgroup.path().to_path_buf(),
             join,
         };
+        let (console, stage_console) = stdio.console.unzip();
         let Spawned {
             pid,
             exited,
             mut control,
-        } = spawn_stage(&task, ends.1)?;
+        } = spawn_stage(&task, stdio.child, stage_console)?;
+        let ends = agent_ends(stdio.agent, console, &mut control)?;
         match read_report(&mut control)? {
             Some(StageReport::Ready) => {}
             Some(StageReport::Error(e)) => bail!("{e}"),
             other => bail!("the container process reported {other:?} instead of ready"),
         }
-        self.track(&id, init, pid, exited, ends.0, None)?;
+        self.track(&id, init, pid, exited, ends, None)?;
         self.lock().containers.insert(
             id,
             Container {
@@ -322,18 +324,20 @@ impl Sandbox {
         if !alive(target_pid) {
             bail!("container {container} is not running");
         }
-        let ends = stdio::for_process(&spec)?;
+        let stdio = stdio::for_process(&spec)?;
         let task = StageTask::Exec {
             process: Box::new(spec),
             seccomp,
             target_pid,
             cgroup,
         };
+        let (console, stage_console) = stdio.console.unzip();
         let Spawned {
             pid,
             exited,
             mut control,
-        } = spawn_stage(&task, ends.1)?;
+        } = spawn_stage(&task, stdio.child, stage_console)?;
+        let ends = agent_ends(stdio.agent, console, &mut control)?;
         match read_report(&mut control)? {
             None => {}
             Some(StageReport::Error(e)) => bail!("{e}"),
@@ -344,7 +348,7 @@ impl Sandbox {
             process,
             pid,
             exited,
-            ends.0,
+            ends,
             Some(EXEC_OUTPUT_GRACE),
         )?;
         Ok(Response::Process { pid })
@@ -444,6 +448,26 @@ impl Sandbox {
             .remove()
             .with_context(|| format!("removing the cgroup of {container}"))?;
         Ok(Response::Done)
+    }
+}
+
+/// The agent's ends of a started stage's stdio: its pipes, or the master
+/// of the console it opened in the container (a stage that closes the
+/// console socket without one failed: its report says why).
+fn agent_ends(
+    pipes: Option<AgentEnds>,
+    console: Option<UnixStream>,
+    control: &mut BufReader<UnixStream>,
+) -> Result<AgentEnds> {
+    let Some(console) = console else {
+        return pipes.ok_or_else(|| anyhow!("a process without stdio"));
+    };
+    match stdio::receive_console(&console)? {
+        Some(master) => Ok(AgentEnds::Pty { master }),
+        None => match read_report(control)? {
+            Some(StageReport::Error(e)) => bail!("{e}"),
+            other => bail!("the process sent no console (then {other:?})"),
+        },
     }
 }
 

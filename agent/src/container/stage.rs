@@ -29,6 +29,10 @@ use super::{identity, mounts, seccomp};
 /// The fd of the control socket in the stage and its child.
 pub const CONTROL_FD: i32 = 3;
 
+/// The fd of the console socket of a process with a terminal
+/// ([`super::stdio::open_console`]).
+pub const CONSOLE_FD: i32 = 4;
+
 /// The first argument that makes the agent binary run as a stage.
 pub const STAGE_ARG: &str = "husk-stage";
 
@@ -192,6 +196,16 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
     // do anything after fork.
     match unsafe { fork() }.context("forking the container process")? {
         ForkResult::Parent { child } => {
+            // The console socket is the child's: a child that fails before
+            // sending the console must close the agent's last peer.
+            let terminal = match &task {
+                StageTask::Create { spec, .. } => spec.process.terminal,
+                StageTask::Exec { process, .. } => process.terminal,
+                StageTask::Hold { .. } => false,
+            };
+            if terminal {
+                let _ = nix::unistd::close(CONSOLE_FD);
+            }
             let mut w = &control;
             report(&mut w, &StageReport::Pid(child.as_raw()));
             Ok(child)
@@ -294,12 +308,10 @@ fn child(
         StageTask::Hold { .. } => unreachable!("handled above"),
     };
     if process.terminal {
-        // SAFETY: TIOCSCTTY on fd 0 (the pty slave the agent gave us) takes an int argument.
-        let rc = unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error())
-                .context("making the pty the controlling terminal");
-        }
+        // SAFETY: the agent placed the console socket at CONSOLE_FD for a
+        // process with a terminal; nothing else here owns it.
+        let console = unsafe { UnixStream::from_raw_fd(CONSOLE_FD) };
+        super::stdio::open_console(&console, process.console_size)?;
     }
     let executable = setup_process(&process)?;
     let caps = process.capabilities.clone().unwrap_or_default();

@@ -45,13 +45,112 @@ pub enum AgentEnds {
     },
 }
 
-/// The stdio a process spec asks for: a pty with `terminal`, else pipes.
-pub fn for_process(process: &husk_protocol::oci::Process) -> Result<(AgentEnds, ChildEnds)> {
-    if process.terminal {
-        pty(process.console_size)
-    } else {
-        pipes()
+/// The stdio a process spec asks for: pipes, or for a terminal, a socket
+/// on which the process's stage sends the master of the pty it opens in
+/// the container (in the container's devpts, as runc's console: `tty`
+/// then names it there); the stage starts on /dev/null.
+pub fn for_process(process: &husk_protocol::oci::Process) -> Result<Stdio> {
+    if !process.terminal {
+        let (agent, child) = pipes()?;
+        return Ok(Stdio {
+            agent: Some(agent),
+            child,
+            console: None,
+        });
     }
+    let null = || -> Result<OwnedFd> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .open("/dev/null")
+            .context("opening /dev/null")?;
+        Ok(file.into())
+    };
+    let (ours, theirs) =
+        std::os::unix::net::UnixStream::pair().context("creating the console socket")?;
+    Ok(Stdio {
+        agent: None,
+        child: ChildEnds([null()?, null()?, null()?]),
+        console: Some((ours, theirs.into())),
+    })
+}
+
+/// A process's stdio before its stage runs.
+pub struct Stdio {
+    /// The agent's ends (none yet for a terminal: see [`Stdio::console`]).
+    pub agent: Option<AgentEnds>,
+    /// The stage's fds 0, 1, 2.
+    pub child: ChildEnds,
+    /// For a terminal: the agent's end of the console socket, and the
+    /// stage's (placed at its [`super::stage::CONSOLE_FD`]).
+    pub console: Option<(std::os::unix::net::UnixStream, OwnedFd)>,
+}
+
+/// Receives the pty master a stage sends on its console socket; `None`
+/// when the stage closed it without one (it failed: its report says why).
+pub fn receive_console(console: &std::os::unix::net::UnixStream) -> Result<Option<File>> {
+    use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags};
+    use std::os::fd::FromRawFd;
+    let mut byte = [0u8; 1];
+    let mut iov = [std::io::IoSliceMut::new(&mut byte)];
+    let mut space = nix::cmsg_space!([std::os::fd::RawFd; 1]);
+    let msg = recvmsg::<()>(
+        console.as_raw_fd(),
+        &mut iov,
+        Some(&mut space),
+        MsgFlags::MSG_CMSG_CLOEXEC,
+    )
+    .context("receiving the console")?;
+    for cmsg in msg
+        .cmsgs()
+        .context("reading the console's control message")?
+    {
+        if let ControlMessageOwned::ScmRights(fds) = cmsg {
+            if let Some(&fd) = fds.first() {
+                // SAFETY: the kernel just installed this fd for us.
+                return Ok(Some(unsafe { File::from_raw_fd(fd) }));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// In a stage: opens a pty of `size` in the current mount namespace (the
+/// container's /dev/ptmx), makes its slave fds 0, 1, 2 and the controlling
+/// terminal, and sends its master on `console`.
+pub fn open_console(
+    console: &std::os::unix::net::UnixStream,
+    size: Option<ConsoleSize>,
+) -> Result<()> {
+    use nix::sys::socket::{sendmsg, ControlMessage, MsgFlags};
+    let winsize = size.map(|s| nix::pty::Winsize {
+        ws_row: s.height,
+        ws_col: s.width,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    });
+    let pty =
+        nix::pty::openpty(winsize.as_ref(), None).context("opening the container's console")?;
+    for fd in 0..3 {
+        nix::unistd::dup2(pty.slave.as_raw_fd(), fd).context("putting the console on stdio")?;
+    }
+    drop(pty.slave);
+    // SAFETY: TIOCSCTTY on fd 0 (the slave) takes an int argument.
+    if unsafe { libc::ioctl(0, libc::TIOCSCTTY, 0) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .context("making the console the controlling terminal");
+    }
+    let iov = [std::io::IoSlice::new(b"c")];
+    let fds = [pty.master.as_raw_fd()];
+    sendmsg::<()>(
+        console.as_raw_fd(),
+        &iov,
+        &[ControlMessage::ScmRights(&fds)],
+        MsgFlags::empty(),
+        None,
+    )
+    .context("sending the console")?;
+    Ok(())
 }
 
 /// Makes three pipes.
@@ -70,27 +169,6 @@ pub fn pipes() -> Result<(AgentEnds, ChildEnds)> {
             stderr: err_r.into(),
         },
         ChildEnds([in_r, out_w, err_w]),
-    ))
-}
-
-/// Makes a pty of `size`; the child gets the slave three times.
-pub fn pty(size: Option<ConsoleSize>) -> Result<(AgentEnds, ChildEnds)> {
-    let winsize = size.map(|s| nix::pty::Winsize {
-        ws_row: s.height,
-        ws_col: s.width,
-        ws_xpixel: 0,
-        ws_ypixel: 0,
-    });
-    let pty = nix::pty::openpty(winsize.as_ref(), None).context("creating a pty")?;
-    set_cloexec(&pty.master)?;
-    set_cloexec(&pty.slave)?;
-    let slave = pty.slave;
-    let ends = [slave.try_clone()?, slave.try_clone()?, slave];
-    Ok((
-        AgentEnds::Pty {
-            master: pty.master.into(),
-        },
-        ChildEnds(ends),
     ))
 }
 

@@ -33,24 +33,30 @@ pub fn start() -> Result<()> {
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
         .name("port-forward".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                if active.fetch_add(1, Ordering::AcqRel) >= MAX_FORWARDS {
-                    active.fetch_sub(1, Ordering::AcqRel);
+        .spawn(move || loop {
+            let stream = match listener.accept() {
+                Ok(stream) => stream,
+                Err(e) => {
+                    eprintln!("husk-agent: accepting a forwarded connection: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
                     continue;
                 }
-                let done = Arc::clone(&active);
-                let spawned = std::thread::Builder::new()
-                    .name("forward".into())
-                    .spawn(move || {
-                        if let Err(e) = forward(stream) {
-                            eprintln!("husk-agent: port forward: {e}");
-                        }
-                        done.fetch_sub(1, Ordering::AcqRel);
-                    });
-                if spawned.is_err() {
-                    active.fetch_sub(1, Ordering::AcqRel);
-                }
+            };
+            if active.fetch_add(1, Ordering::AcqRel) >= MAX_FORWARDS {
+                active.fetch_sub(1, Ordering::AcqRel);
+                continue;
+            }
+            let done = Arc::clone(&active);
+            let spawned = std::thread::Builder::new()
+                .name("forward".into())
+                .spawn(move || {
+                    if let Err(e) = forward(stream) {
+                        eprintln!("husk-agent: port forward: {e}");
+                    }
+                    done.fetch_sub(1, Ordering::AcqRel);
+                });
+            if spawned.is_err() {
+                active.fetch_sub(1, Ordering::AcqRel);
             }
         })?;
     Ok(())
@@ -64,7 +70,14 @@ fn forward(stream: UnixStream) -> io::Result<()> {
     (&mut reader).take(MAX_LINE).read_line(&mut line)?;
     let target = PortForward::parse(line.trim_end()).map_err(io::Error::other)?;
     stream.set_read_timeout(None)?;
-    let tcp = connect_localhost(target.port)?;
+    let tcp = match connect_localhost(target.port) {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            let _ = io::Write::write_all(&mut &stream, format!("error {e}\n").as_bytes());
+            return Err(e);
+        }
+    };
+    io::Write::write_all(&mut &stream, PortForward::CONNECTED.as_bytes())?;
     let (mut tcp_r, mut tcp_w) = (tcp.try_clone()?, tcp);
     let mut host_w = stream;
     let upstream = std::thread::spawn(move || {
@@ -72,7 +85,10 @@ fn forward(stream: UnixStream) -> io::Result<()> {
         let _ = tcp_w.shutdown(std::net::Shutdown::Write);
     });
     let _ = io::copy(&mut tcp_r, &mut host_w);
-    let _ = host_w.shutdown(std::net::Shutdown::Write);
+    // All of the stream, not just our half: a vhost-user vsock backend
+    // drops a guest's half-close, and the host would wait for it forever.
+    // The server has said all it will say.
+    let _ = host_w.shutdown(std::net::Shutdown::Both);
     let _ = upstream.join();
     Ok(())
 }

@@ -56,6 +56,8 @@ struct HuskShim {
     namespace: String,
     id: String,
     bundle: PathBuf,
+    /// The ttrpc socket this shim serves (`unix://PATH`), when serving.
+    socket: String,
 }
 
 impl HuskShim {
@@ -78,6 +80,7 @@ impl containerd_shim::Shim for HuskShim {
             namespace: args.namespace.clone(),
             id: args.id.clone(),
             bundle,
+            socket: args.socket.clone(),
         }
     }
 
@@ -90,6 +93,8 @@ impl containerd_shim::Shim for HuskShim {
             .map_err(containerd_shim::Error::InvalidArgument)?;
         let grouping = kind.grouping(&opts.id);
         let (_, address) = containerd_shim::spawn(opts, &grouping, Vec::new())?;
+        // The bundle's `address` file, as containerd's shims keep it.
+        containerd_shim::util::write_address(&address)?;
         Ok(address)
     }
 
@@ -116,8 +121,14 @@ impl containerd_shim::Shim for HuskShim {
         })
     }
 
+    /// Until the last task is gone; the socket goes with the shim (its
+    /// first task's bundle, where the crate would look for it, may be
+    /// gone by then).
     fn wait(&mut self) {
         self.exit.wait();
+        if let Some(path) = self.socket.strip_prefix("unix://") {
+            let _ = std::fs::remove_file(path);
+        }
     }
 
     fn create_task_service(&self, publisher: RemotePublisher) -> Self::T {

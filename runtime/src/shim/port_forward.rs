@@ -115,11 +115,30 @@ fn iptables(op: &str, port: u16) -> io::Result<()> {
     Ok(())
 }
 
-/// Carries one redirected connection to the guest.
+/// Carries one redirected connection to the guest; one the guest cannot
+/// connect is reset, as a refused connection would be.
 fn forward(sandbox: &Sandbox, client: TcpStream) -> io::Result<()> {
     let port = original_port(&client)?;
-    let mut guest = sandbox.connect_guest(PORT_FORWARD_PORT)?;
-    io::Write::write_all(&mut guest, PortForward { port }.line().as_bytes())?;
+    let guest = sandbox
+        .connect_guest(PORT_FORWARD_PORT)
+        .and_then(|mut guest| {
+            io::Write::write_all(&mut guest, PortForward { port }.line().as_bytes())?;
+            let answer = read_line(&mut guest)?;
+            if answer != PortForward::CONNECTED {
+                return Err(io::Error::new(
+                    io::ErrorKind::ConnectionRefused,
+                    format!("localhost:{port} in the guest: {}", answer.trim_end()),
+                ));
+            }
+            Ok(guest)
+        });
+    let guest = match guest {
+        Ok(guest) => guest,
+        Err(e) => {
+            reset(&client);
+            return Err(e);
+        }
+    };
     let (mut client_r, mut guest_w) = (client.try_clone()?, guest.try_clone()?);
     let upstream = std::thread::spawn(move || {
         let _ = io::copy(&mut client_r, &mut guest_w);
@@ -130,6 +149,40 @@ fn forward(sandbox: &Sandbox, client: TcpStream) -> io::Result<()> {
     let _ = client_w.shutdown(std::net::Shutdown::Write);
     let _ = upstream.join();
     Ok(())
+}
+
+/// One line of the agent's answer (byte by byte: the connection follows).
+fn read_line(stream: &mut std::os::unix::net::UnixStream) -> io::Result<String> {
+    let mut line = Vec::new();
+    let mut byte = [0u8; 1];
+    while line.len() < 256 {
+        if io::Read::read(stream, &mut byte)? == 0 {
+            break;
+        }
+        line.push(byte[0]);
+        if byte[0] == b'\n' {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&line).into_owned())
+}
+
+/// Closes `client` with a reset (SO_LINGER 0), as a refused connection.
+fn reset(client: &TcpStream) {
+    let linger = libc::linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    // SAFETY: setsockopt reads a linger struct of the size passed.
+    unsafe {
+        libc::setsockopt(
+            client.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
 }
 
 /// The port a redirected connection was for.
