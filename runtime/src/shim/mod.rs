@@ -58,6 +58,8 @@ struct HuskShim {
     bundle: PathBuf,
     /// The ttrpc socket this shim serves (`unix://PATH`), when serving.
     socket: String,
+    /// containerd's address, which the shims' socket paths derive from.
+    containerd: String,
 }
 
 impl HuskShim {
@@ -81,6 +83,7 @@ impl containerd_shim::Shim for HuskShim {
             id: args.id.clone(),
             bundle,
             socket: args.socket.clone(),
+            containerd: args.address.clone(),
         }
     }
 
@@ -99,9 +102,15 @@ impl containerd_shim::Shim for HuskShim {
     }
 
     /// After a crash: removes what the dead shim left of this task's VM
-    /// (the share's mounts, the network redirects, the state) and the
-    /// rootfs mount.
+    /// (the share's mounts, the network redirects, the state), the rootfs
+    /// mount, and the dead shim's socket.
     fn delete_shim(&mut self) -> Result<DeleteResponse, containerd_shim::Error> {
+        let grouping = Bundle::load(&self.bundle)
+            .ok()
+            .and_then(|b| spec::TaskKind::of(&b.spec.annotations).ok())
+            .map_or_else(|| self.id.clone(), |kind| kind.grouping(&self.id));
+        let address = containerd_shim::socket_address(&self.containerd, &self.namespace, &grouping);
+        remove_dead_socket(&address);
         let dir = self.state_root().join(&self.id);
         if let Some(record) = network::record::Record::load(&dir) {
             if let Err(e) = record.undo() {
@@ -135,5 +144,21 @@ impl containerd_shim::Shim for HuskShim {
         let events = events::Events::start(publisher, self.namespace.clone());
         let pod = Arc::new(pod::Pod::new(self.state_root(), events));
         service::TaskService::new(pod, Arc::clone(&self.exit))
+    }
+}
+
+/// Removes the shim socket at `address` (`unix://PATH`) if no shim
+/// listens there any more: a shim killed with SIGKILL leaves it, and
+/// containerd (1.6) does not remove it.
+fn remove_dead_socket(address: &str) {
+    let Some(path) = address.strip_prefix("unix://") else {
+        return;
+    };
+    let refused = matches!(
+        std::os::unix::net::UnixStream::connect(path),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused
+    );
+    if refused {
+        let _ = std::fs::remove_file(path);
     }
 }

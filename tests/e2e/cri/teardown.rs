@@ -124,22 +124,17 @@ fn describe(found: &Found) -> String {
     parts.join("; ")
 }
 
-/// A pod with two containers (one that stops on SIGTERM, one deaf to it)
-/// is stopped: NOTREADY, its containers EXITED; then removed: gone from
-/// CRI, and nothing on the host names it any more. RemovePodSandbox again
-/// succeeds (it is idempotent).
-pub fn stop_and_remove_leave_nothing(fixture: &CriFixture, handler: Handler) -> Result<(), String> {
-    let config = pod_config(fixture, "teardown")?;
-    let cgroup_parent = config
-        .linux
-        .as_ref()
-        .map(|l| l.cgroup_parent.clone())
-        .unwrap_or_default();
-    let pod = TestPod::run(fixture, handler, config)?;
-    let polite = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
-    let first = pod.start(&container_config("polite", &polite))?;
-    let second = pod.start(&container_config("deaf", &["sleep", "3600"]))?;
-    let ids = vec![pod.id.clone(), first, second];
+/// The traces of the running pod `pod` with containers `containers`,
+/// after checking it shows every kind a running pod has.
+fn traces_of(
+    fixture: &CriFixture,
+    handler: Handler,
+    pod: &TestPod<'_>,
+    containers: Vec<String>,
+    cgroup_parent: String,
+) -> Result<Traces, String> {
+    let mut ids = vec![pod.id.clone()];
+    ids.extend(containers);
     let shim_sockets = ids
         .iter()
         .map(|id| shim_socket(&fixture.socket(), id))
@@ -173,6 +168,71 @@ pub fn stop_and_remove_leave_nothing(fixture: &CriFixture, handler: Handler) -> 
             )
         })?;
     }
+    Ok(traces)
+}
+
+/// The pod's shim is killed (SIGKILL) while its container runs: CRI then
+/// stops and removes the pod (containerd runs `SHIM delete` for what the
+/// dead shim served), and nothing names it any more. runc's shim leaves
+/// its socket (containerd 1.6 removes it only when a shim exits by
+/// itself); husk's `delete` removes it, so only the baseline is excused.
+pub fn a_killed_shim_is_cleaned_up(fixture: &CriFixture, handler: Handler) -> Result<(), String> {
+    let config = pod_config(fixture, "killed-shim")?;
+    let cgroup_parent = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let pod = TestPod::run(fixture, handler, config)?;
+    let container = pod.start(&container_config("victim", &["sleep", "3600"]))?;
+    let traces = traces_of(fixture, handler, &pod, vec![container], cgroup_parent)?;
+    let shims = shims_of(handler, &pod.id);
+    ensure(!shims.is_empty(), || "the pod has no shim to kill".into())?;
+    for shim in &shims {
+        // SAFETY: kill takes no pointers; the pid is the pod's shim.
+        unsafe { libc::kill(shim.pid as i32, libc::SIGKILL) };
+    }
+
+    let id = pod.id.clone();
+    pod.remove()?;
+    let excused = |(kind, _): &(&str, String)| handler == Handler::Runc && *kind == "shim socket";
+    let left = settle(Duration::from_secs(20), || {
+        let mut left = traces.left(fixture);
+        left.retain(|trace| !excused(trace));
+        left
+    });
+    ensure(left.is_empty(), || {
+        format!("the pod of the killed shim left {}", describe(&left))
+    })?;
+    if handler == Handler::Runc {
+        for socket in traces.shim_sockets.iter().filter(|s| s.exists()) {
+            eprintln!("cri: runc's killed shim left {}; removed", socket.display());
+            std::fs::remove_file(socket)
+                .map_err(|e| format!("removing {}: {e}", socket.display()))?;
+        }
+    }
+    match fixture.client().pod_sandbox_status(&id, false) {
+        Err(e) if e.code() == Code::NotFound => Ok(()),
+        other => Err(format!("PodSandboxStatus of the removed pod: {other:?}")),
+    }
+}
+
+/// A pod with two containers (one that stops on SIGTERM, one deaf to it)
+/// is stopped: NOTREADY, its containers EXITED; then removed: gone from
+/// CRI, and nothing on the host names it any more. RemovePodSandbox again
+/// succeeds (it is idempotent).
+pub fn stop_and_remove_leave_nothing(fixture: &CriFixture, handler: Handler) -> Result<(), String> {
+    let config = pod_config(fixture, "teardown")?;
+    let cgroup_parent = config
+        .linux
+        .as_ref()
+        .map(|l| l.cgroup_parent.clone())
+        .unwrap_or_default();
+    let pod = TestPod::run(fixture, handler, config)?;
+    let polite = ["sh", "-c", "trap 'exit 0' TERM; sleep 3600 & wait"];
+    let first = pod.start(&container_config("polite", &polite))?;
+    let second = pod.start(&container_config("deaf", &["sleep", "3600"]))?;
+    let traces = traces_of(fixture, handler, &pod, vec![first, second], cgroup_parent)?;
 
     let client = fixture.client();
     client.stop_pod_sandbox(&pod.id)?;
