@@ -11,7 +11,7 @@
 #
 # Usage:
 #   hack/kvm-testhost.sh [--timeout SECS] [--silence SECS] [--env NAME=VALUE]...
-#                        [--writable DIR]... -- COMMAND [ARGS...]
+#                        [--writable DIR]... [--scratch DIR]... -- COMMAND [ARGS...]
 #   hack/kvm-testhost.sh --prepare
 #
 #   --timeout SECS   overall limit, retry included (default 1800); exit 124
@@ -23,6 +23,9 @@
 #   --writable DIR   share the host's DIR read-write at the same path (the rest
 #                    of the host is read-only; /tmp, /run and /var/tmp are
 #                    empty tmpfs scratch space)
+#   --scratch DIR    an empty tmpfs at the host's DIR (which must exist), for
+#                    programs that insist on writing there (libcni's cache in
+#                    /var/lib/cni)
 #   --prepare        only build (or find) the cached outer kernel and
 #                    initramfs; prints their directory on the last stdout line
 #
@@ -46,6 +49,7 @@ timeout=1800
 silence=60
 envs=()
 writable=()
+scratch=()
 prepare_only=0
 
 log() { echo "kvm-testhost: $*" >&2; }
@@ -129,8 +133,9 @@ resolve_modules() {
         visit "$name"
     done
     # What husk's network needs: taps, veth pairs for the tests, the
-    # ingress qdisc with a u32 filter and a mirred redirect, a bridge.
-    for name in tun veth sch_ingress cls_u32 act_mirred bridge; do
+    # ingress qdisc with a u32 filter and a mirred redirect, a bridge; and
+    # overlay for containerd's snapshots (the pod suite).
+    for name in tun veth sch_ingress cls_u32 act_mirred bridge overlay; do
         visit "$name"
     done
     visit virtio_rng optional
@@ -158,7 +163,8 @@ extract_vmlinux() {
 }
 
 # PID 1 of the outer guest. Reads /testhost-run.conf (appended per run), which
-# sets nonce, writable_count, writable_<i> and defines run_command.
+# sets nonce, writable_count, writable_<i>, scratch (a list) and defines
+# run_command.
 write_init() {
     cat >"$1" <<'EOF'
 #!/bin/sh
@@ -216,6 +222,9 @@ while [ "$i" -lt "$writable_count" ]; do
     mount -t 9p -o trans=virtio,version=9p2000.L,msize=262144 "rw$i" "/host$dir" ||
         setup_failed "cannot mount the writable share of $dir (9p tag rw$i)"
     i=$((i + 1))
+done
+for dir in $scratch; do
+    mount -t tmpfs -o mode=0755 tmpfs "/host$dir" || setup_failed "cannot mount a tmpfs at $dir"
 done
 
 say "/dev/kvm ready (kvm_amd npt=$(cat /sys/module/kvm_amd/parameters/npt) nested=$(cat /sys/module/kvm_amd/parameters/nested)); command starts after $(cut -d' ' -f1 /proc/uptime) s"
@@ -341,6 +350,7 @@ write_run_initrd() {
         for i in "${!writable[@]}"; do
             echo "writable_$i=$(shquote "${writable[$i]}")"
         done
+        echo "scratch=$(shquote "${scratch[*]}")"
         echo "run_command() {"
         printf '    chroot /host /usr/bin/env -i %s %s HUSK_TESTHOST=1' \
             "$(shquote "PATH=$PATH")" "HOME=/root"
@@ -458,6 +468,12 @@ while (($#)); do
     --writable)
         [[ -d ${2:-} ]] || bad_usage "--writable needs an existing directory, got '${2:-}'"
         writable+=("$(realpath "$2")")
+        shift 2
+        ;;
+    --scratch)
+        [[ -d ${2:-} && $(realpath "$2") != *[[:space:]]* ]] ||
+            bad_usage "--scratch needs an existing directory without spaces, got '${2:-}'"
+        scratch+=("$(realpath "$2")")
         shift 2
         ;;
     --prepare)

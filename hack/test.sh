@@ -69,36 +69,50 @@ cargo build --quiet --locked --workspace
 suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
 suite netlink cargo test --locked -p husk-netlink --test kernel -- --test-threads=2
 for e2e in boot cli network podman engines cri; do
-    only=()
-    # The CRI suite's husk variant drives containerd-shim-husk-v2, which lands on its
-    # own: until the workspace builds it, the suite runs the runc baseline alone (a
-    # skip would fail here).
-    if [[ $e2e == cri && ! -x $repo/target/debug/containerd-shim-husk-v2 ]]; then
-        echo "test.sh: containerd-shim-husk-v2 is not built; the CRI suite runs with runc only" >&2
-        only=(--skip cri_with_husk)
-    fi
-    suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2 "${only[@]}"
+    suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
 done
 
-step "builtin backend: boot, cli, network and builtin suites with real KVM"
-mapfile -t suites < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test network \
-    --test builtin --no-run --message-format=json | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
-if ((${#suites[@]} != 4)); then
-    echo "test.sh: expected the boot, cli, network and builtin test binaries, got: ${suites[*]}" >&2
-    exit 1
-fi
-run_suites='for suite; do echo "=== $suite"; "$suite" --test-threads=1 || exit 1; done'
+step "builtin backend: boot, cli, network, builtin and pod suites with real KVM"
+declare -A binary=()
+while read -r name path; do
+    binary[$name]=$path
+done < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test network \
+    --test builtin --test cri --no-run --message-format=json |
+    sed -n 's/.*"target":{[^}]*"name":"\([a-z_]*\)".*"executable":"\([^"]*\)".*/\1 \2/p')
+for name in boot cli network builtin cri; do
+    if [[ -z ${binary[$name]:-} ]]; then
+        echo "test.sh: the $name test binary was not built (got: ${!binary[*]})" >&2
+        exit 1
+    fi
+done
+# A pod of two containers (start, exec, stop) through CRI on the builtin
+# backend: the test host's stock modules have no netfilter NAT, so the pod
+# network is a bridge alone.
+builtin_suites=$repo/target/husk/builtin-suites.sh
+cat >"$builtin_suites" <<SUITES
+set -e
+for suite in ${binary[boot]} ${binary[cli]} ${binary[network]} ${binary[builtin]}; do
+    echo "=== \$suite"
+    "\$suite" --test-threads=1
+done
+echo "=== ${binary[cri]} cri_with_husk (pods)"
+HUSK_CRI_NETWORK=bridge \\
+    HUSK_CRI_SCENARIOS=pod-with-two-containers,exec-sync-and-streaming-exec,stop-and-remove-leave-nothing \\
+    ${binary[cri]} cri_with_husk --test-threads=1
+SUITES
 if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc/cpuinfo; then
-    suite builtin env HUSK_TEST_CONFIG="$builtin_config" sh -c "$run_suites" sh "${suites[@]}"
+    suite builtin env HUSK_TEST_CONFIG="$builtin_config" sh "$builtin_suites"
 else
     echo "test.sh: /dev/kvm here is not hardware KVM; running the suites in the KVM test host" >&2
     # The test host sees the host's / read-only but has its own empty /tmp,
     # /run and /var/tmp: a checkout there is shared explicitly.
     share=()
     case $repo/ in /tmp/* | /run/* | /var/tmp/*) share=(--writable "$repo") ;; esac
-    suite builtin hack/kvm-testhost.sh --silence 180 "${share[@]}" \
+    # libcni writes its cache in /var/lib/cni, whatever containerd's config.
+    mkdir -p /var/lib/cni
+    suite builtin hack/kvm-testhost.sh --silence 180 "${share[@]}" --scratch /var/lib/cni \
         --env "HUSK_TEST_CONFIG=$builtin_config" --env "HUSK_TEST_NO_SKIP=1" \
-        -- sh -c "$run_suites" sh "${suites[@]}"
+        --env "HUSK_TEST_IMAGES=$HUSK_TEST_IMAGES" -- sh "$builtin_suites"
 fi
 
 step "leftovers"

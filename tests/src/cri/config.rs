@@ -105,11 +105,32 @@ pub fn config_toml(paths: &ConfigPaths) -> String {
     )
 }
 
+/// The variable that picks the network's plugins: `full` (the default) or
+/// `bridge`, a bridge alone, for a host without netfilter NAT (the KVM
+/// test host's stock kernel modules lack it): no masquerading, no hostPort.
+pub const NETWORK_ENV: &str = "HUSK_CRI_NETWORK";
+
+/// Whether [`NETWORK_ENV`] asks for the bridge alone.
+pub fn bridge_only() -> bool {
+    std::env::var(NETWORK_ENV).is_ok_and(|v| v == "bridge")
+}
+
 /// The pods' CNI network: a `bridge` that is their gateway and
 /// masquerades (nothing leaves containerd's namespace, which has no other
 /// link), `host-local` addresses from [`SUBNET`] with leases in
-/// `ipam_dir`, and `portmap` for `PortMapping`s (hostPort).
+/// `ipam_dir`, and `portmap` for `PortMapping`s (hostPort); without NAT
+/// ([`bridge_only`]) the bridge alone.
 pub fn conflist(ipam_dir: &Path) -> serde_json::Value {
+    let mut list = full_conflist(ipam_dir);
+    if bridge_only() {
+        let plugins = list["plugins"].as_array_mut().expect("a plugin list");
+        plugins.retain(|p| p["type"] != "portmap");
+        plugins[0]["ipMasq"] = false.into();
+    }
+    list
+}
+
+fn full_conflist(ipam_dir: &Path) -> serde_json::Value {
     serde_json::json!({
         "cniVersion": "0.4.0",
         "name": NETWORK,
