@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs what husk needs on a Debian 12 host, idempotently:
 #   - Debian packages: QEMU, the kernel source and its build tools, the
-#     libraries virtiofsd links against; the engines the engine suite drives
-#     (podman with netavark, docker.io, containerd), runc (the baseline),
-#     busybox-static and debootstrap for the test images; cpio and kmod for
-#     the nested KVM test host's initramfs (hack/kvm-testhost.sh);
-#     protobuf-compiler (protoc) for the CRI suite's k8s-cri crate;
+#     libraries virtiofsd links against, busybox-static (the quickstart's
+#     bundle), iptables (the shim's port-forward redirect);
 #   - virtiofsd and vhost-device-vsock from crates.io, pinned, into
 #     /usr/local/libexec/husk (husk's default helper paths).
+# With --tests (hack/test.sh, the engine benchmarks), also what the tests
+# drive and build: the engines (podman with netavark, docker.io,
+# containerd) and runc (the baseline), CNI plugins, debootstrap for the
+# test images, protoc for the CRI suite's k8s-cri crate (the KVM test host
+# installs its own tools). Without it no engine is installed: Debian's
+# docker.io and containerd conflict with Docker's own docker-ce and
+# containerd.io, and installing them would replace a user's Docker.
 # A second run with everything in place takes about a second.
 set -euo pipefail
 
@@ -18,11 +22,23 @@ VSOCK_VERSION=0.3.0
 
 log() { echo "install-deps: $*" >&2; }
 
+tests=0
+case ${1:-} in
+--tests) tests=1 ;;
+"") ;;
+*)
+    echo "usage: hack/install-deps.sh [--tests]" >&2
+    exit 2
+    ;;
+esac
+
 packages=(qemu-system-x86 linux-source-6.1 build-essential flex bison bc xz-utils
-    libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config
-    podman conmon catatonit runc uidmap golang-github-containers-common busybox-static
-    netavark aardvark-dns containernetworking-plugins iptables docker.io containerd debootstrap cpio kmod
-    protobuf-compiler)
+    libelf-dev libssl-dev libcap-ng-dev libseccomp-dev pkg-config busybox-static iptables)
+if ((tests)); then
+    packages+=(podman conmon catatonit runc uidmap golang-github-containers-common
+        netavark aardvark-dns containernetworking-plugins docker.io containerd
+        debootstrap protobuf-compiler)
+fi
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

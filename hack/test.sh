@@ -9,7 +9,7 @@ cd "$repo"
 step() { echo "=== $*" >&2; }
 
 step "dependencies"
-hack/install-deps.sh
+hack/install-deps.sh --tests
 step "guest kernel"
 kernel=$(hack/build-kernel.sh | tail -n1)
 step "agent and initramfs"

@@ -172,6 +172,11 @@ fn register_podman(text: &str, husk: &Path) -> Result<String> {
     Ok(doc.to_string())
 }
 
+/// What to do when containerd's file cannot be edited.
+const CONTAINERD_BY_HAND: &str = "add the handler by hand: \
+    [plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.husk] \
+    runtime_type = \"io.containerd.husk.v2\"";
+
 fn register_containerd(text: &str, husk: &Path) -> Result<String> {
     const FILE: &str = "config.toml";
     let mut doc = parse_toml(text, FILE)?;
@@ -180,8 +185,27 @@ fn register_containerd(text: &str, husk: &Path) -> Result<String> {
         None if text.trim().is_empty() => {
             doc.insert("version", value(2));
         }
-        None => bail!("{FILE} has no `version = 2`: husk registers only in the version 2 format"),
-        Some(v) => bail!("{FILE} is version {v}: husk registers only in the version 2 format"),
+        None => bail!(
+            "{FILE} has no `version = 2` (the version 1 format, which names plugins \
+             differently): husk registers only in the version 2 format; {CONTAINERD_BY_HAND}"
+        ),
+        Some(v) => bail!(
+            "{FILE} is version {v}: husk registers only in the version 2 format; \
+             {CONTAINERD_BY_HAND}"
+        ),
+    }
+    let cri_disabled = doc
+        .get("disabled_plugins")
+        .and_then(Item::as_array)
+        .is_some_and(|list| {
+            list.iter()
+                .any(|p| matches!(p.as_str(), Some("cri" | "io.containerd.grpc.v1.cri")))
+        });
+    if cri_disabled {
+        bail!(
+            "{FILE} disables the CRI plugin (`disabled_plugins`), so a CRI handler would \
+             never run; enable CRI first, then {CONTAINERD_BY_HAND}"
+        );
     }
     let husk_path = husk.to_string_lossy().into_owned();
     let path = [
@@ -341,6 +365,42 @@ mod tests {
             .register("[plugins.cri]\n", Path::new(HUSK))
             .unwrap_err();
         assert!(err.to_string().contains("version = 2"), "{err}");
+    }
+
+    /// The file Docker's containerd.io package installs: version 1, CRI
+    /// disabled.
+    const CONTAINERD_IO_CONFIG: &str =
+        "#   Copyright 2018-2022 Docker Inc.\n\ndisabled_plugins = [\"cri\"]\n\n#root = \"/var/lib/containerd\"\n";
+
+    #[test]
+    fn containerd_io_s_stock_file_is_left_alone_with_what_to_do() {
+        let root = tempfile::tempdir().unwrap();
+        let path = Engine::Containerd.config_path(root.path());
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, CONTAINERD_IO_CONFIG).unwrap();
+
+        let err = register_file(Engine::Containerd, root.path(), Path::new(HUSK)).unwrap_err();
+
+        let message = format!("{err:#}");
+        assert!(message.contains("version = 2"), "{message}");
+        assert!(message.contains("io.containerd.husk.v2"), "{message}");
+        assert_eq!(
+            std::fs::read_to_string(&path).unwrap(),
+            CONTAINERD_IO_CONFIG
+        );
+        let files: Vec<_> = std::fs::read_dir(path.parent().unwrap()).unwrap().collect();
+        assert_eq!(files.len(), 1, "no temporary file is left");
+    }
+
+    #[test]
+    fn containerd_with_cri_disabled_is_refused_naming_it() {
+        let text = "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n";
+
+        let err = Engine::Containerd
+            .register(text, Path::new(HUSK))
+            .unwrap_err();
+
+        assert!(err.to_string().contains("disables the CRI plugin"), "{err}");
     }
 
     #[test]

@@ -1,7 +1,9 @@
 //! `husk register-engines [--husk PATH] [--root DIR] [ENGINE...]`: adds
 //! husk to the configuration of docker, podman and containerd (see
 //! [`husk::engine_config`]); used by hack/install.sh. Engines whose
-//! binary is not installed are skipped unless named.
+//! binary is not installed are skipped unless named; a file husk cannot
+//! edit safely is left alone, named, and makes the exit status 1 once the
+//! other engines are done.
 
 use std::path::{Path, PathBuf};
 
@@ -51,19 +53,32 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             })
             .collect::<anyhow::Result<_>>()?
     };
+    // Each engine on its own: a file husk cannot edit safely is left as it
+    // is (the engine runs on as before), and the others are still done.
+    let mut refused = Vec::new();
     for engine in chosen {
-        match register_file(engine, &args.config_root, &husk)? {
-            Outcome::Updated(path) => {
+        match register_file(engine, &args.config_root, &husk) {
+            Ok(Outcome::Updated(path)) => {
                 println!("{}: registered husk in {}", engine.name(), path.display())
             }
-            Outcome::Unchanged(path) => {
+            Ok(Outcome::Unchanged(path)) => {
                 println!(
                     "{}: husk already registered in {}",
                     engine.name(),
                     path.display()
                 )
             }
+            Err(e) => {
+                eprintln!(
+                    "{}: not registered, file left unchanged: {e:#}",
+                    engine.name()
+                );
+                refused.push(engine.name());
+            }
         }
+    }
+    if !refused.is_empty() {
+        anyhow::bail!("husk is not registered with {}", refused.join(", "));
     }
     Ok(())
 }
