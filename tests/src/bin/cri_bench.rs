@@ -8,8 +8,10 @@
 //! - memory: `--pods` idle pods of each handler at once; each pod's host
 //!   memory is the PSS of every process under its shim (the shim, and for
 //!   husk the VMM and its helpers with the guest memory they map, for runc
-//!   the pause and container processes), min / median / max per pod.
+//!   the pause and container processes), min / median / max per pod, and
+//!   the median of each program's share.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use husk_tests::cri::fixture::CriFixture;
@@ -57,22 +59,47 @@ fn measure(fixture: &CriFixture, runs: usize, pods: usize) -> Result<(), String>
     let mut starts: [Vec<f64>; 2] = Default::default();
     for run in 0..runs {
         for (i, handler) in handlers.into_iter().enumerate() {
-            let ms = start_to_first_output(fixture, handler, &format!("start-{}-{run}", handler.name()))?;
+            let ms = start_to_first_output(
+                fixture,
+                handler,
+                &format!("start-{}-{run}", handler.name()),
+            )?;
             starts[i].push(ms);
         }
         eprint!(".");
     }
     eprintln!();
     let mut memory: [Vec<f64>; 2] = Default::default();
+    let mut programs: [BTreeMap<String, Vec<f64>>; 2] = Default::default();
     for (i, handler) in handlers.into_iter().enumerate() {
-        memory[i] = idle_pods_pss(fixture, handler, pods)?;
+        (memory[i], programs[i]) = idle_pods_pss(fixture, handler, pods)?;
     }
     println!("{:<44}{:>10}{:>10}{:>10}", "", "min", "median", "max");
     for (i, handler) in handlers.into_iter().enumerate() {
-        println!("{}", row(&format!("{}: pod start to first output (ms)", handler.name()), &mut starts[i]));
+        println!(
+            "{}",
+            row(
+                &format!("{}: pod start to first output (ms)", handler.name()),
+                &mut starts[i]
+            )
+        );
     }
     for (i, handler) in handlers.into_iter().enumerate() {
-        println!("{}", row(&format!("{}: host PSS per idle pod (MiB)", handler.name()), &mut memory[i]));
+        println!(
+            "{}",
+            row(
+                &format!("{}: host PSS per idle pod (MiB)", handler.name()),
+                &mut memory[i]
+            )
+        );
+    }
+    for (i, handler) in handlers.into_iter().enumerate() {
+        for (program, values) in &mut programs[i] {
+            println!(
+                "{}",
+                row(&format!("  {}: {program} (MiB)", handler.name()), values)
+            );
+        }
     }
     println!(
         "\nhusk / runc, medians: start {:.1} x, memory {:.1} x",
@@ -83,12 +110,19 @@ fn measure(fixture: &CriFixture, runs: usize, pods: usize) -> Result<(), String>
 }
 
 /// One pod with one container, from RunPodSandbox to its first log line.
-fn start_to_first_output(fixture: &CriFixture, handler: Handler, name: &str) -> Result<f64, String> {
+fn start_to_first_output(
+    fixture: &CriFixture,
+    handler: Handler,
+    name: &str,
+) -> Result<f64, String> {
     let started = Instant::now();
     let config = pod_config(fixture, name)?;
     let log = std::path::Path::new(&config.log_directory).join("c-0.log");
     let pod = TestPod::run(fixture, handler, config)?;
-    let id = pod.create(&container_config("c", &["sh", "-c", "echo first-output; sleep 1000"]))?;
+    let id = pod.create(&container_config(
+        "c",
+        &["sh", "-c", "echo first-output; sleep 1000"],
+    ))?;
     pod.client().start_container(&id)?;
     loop {
         if std::fs::read_to_string(&log).is_ok_and(|t| t.contains("first-output")) {
@@ -104,34 +138,54 @@ fn start_to_first_output(fixture: &CriFixture, handler: Handler, name: &str) -> 
     Ok(ms)
 }
 
-/// Runs `count` idle pods of `handler` at once; the PSS of each, MiB.
-fn idle_pods_pss(fixture: &CriFixture, handler: Handler, count: usize) -> Result<Vec<f64>, String> {
+/// Per program, the PSS it holds in each pod (MiB).
+type ByProgram = BTreeMap<String, Vec<f64>>;
+
+/// Runs `count` idle pods of `handler` at once; the PSS of each, and of
+/// each program in each, MiB.
+fn idle_pods_pss(
+    fixture: &CriFixture,
+    handler: Handler,
+    count: usize,
+) -> Result<(Vec<f64>, ByProgram), String> {
     let mut pods = Vec::new();
     for n in 0..count {
-        let pod = TestPod::run(fixture, handler, pod_config(fixture, &format!("idle-{}-{n}", handler.name()))?)?;
+        let pod = TestPod::run(
+            fixture,
+            handler,
+            pod_config(fixture, &format!("idle-{}-{n}", handler.name()))?,
+        )?;
         pod.start(&container_config("c", &["sleep", "1000"]))?;
         pods.push(pod);
     }
     std::thread::sleep(SETTLE);
     let mut pss = Vec::new();
+    let mut programs = ByProgram::new();
     for pod in &pods {
         let shims = shims_of(handler, &pod.id);
         if shims.is_empty() {
             return Err(format!("no shim serves the pod {}", pod.id));
         }
-        let mut kib = 0;
+        let mut by_program = BTreeMap::<String, u64>::new();
         for shim in shims {
-            kib += pss_kib(shim.pid);
-            for process in descendants_of(shim.pid) {
-                kib += pss_kib(process.pid);
+            let pid = shim.pid;
+            for process in std::iter::once(shim).chain(descendants_of(pid)) {
+                *by_program.entry(process.program().to_string()).or_default() +=
+                    pss_kib(process.pid);
             }
         }
-        pss.push(kib as f64 / 1024.0);
+        pss.push(by_program.values().sum::<u64>() as f64 / 1024.0);
+        for (program, kib) in by_program {
+            programs
+                .entry(program)
+                .or_default()
+                .push(kib as f64 / 1024.0);
+        }
     }
     for pod in pods {
         pod.remove()?;
     }
-    Ok(pss)
+    Ok((pss, programs))
 }
 
 /// A process's proportional set size, KiB (0 once it is gone).
@@ -156,5 +210,10 @@ fn median(values: &mut [f64]) -> f64 {
 
 fn row(name: &str, values: &mut [f64]) -> String {
     let mid = median(values);
-    format!("{name:<44}{:>10.1}{:>10.1}{:>10.1}", values[0], mid, values[values.len() - 1])
+    format!(
+        "{name:<44}{:>10.1}{:>10.1}{:>10.1}",
+        values[0],
+        mid,
+        values[values.len() - 1]
+    )
 }
