@@ -10,6 +10,8 @@ step() { echo "=== $*" >&2; }
 
 step "dependencies"
 hack/install-deps.sh --tests
+step "what an interrupted earlier run left"
+hack/remove-stale-fixtures.sh
 step "guest kernel"
 kernel=$(hack/build-kernel.sh | tail -n1)
 step "agent and initramfs"
