@@ -128,9 +128,9 @@ impl Sandbox {
     pub fn boot(opts: SandboxOptions) -> Result<Sandbox> {
         let share = Share::create(&opts.dir.join("shared"))?;
         let network = connect_network(&opts.dir, opts.lasting_netns.clone())?;
-        let sockets = socket_dir::create(&opts.dir)
+        let vm_dir = socket_dir::create(&opts.dir)
             .with_context(|| format!("creating the socket directory of {}", opts.dir.display()))?;
-        let mut vm_config = VmConfig::from_config(&opts.config, &sockets, share.dir());
+        let mut vm_config = VmConfig::from_config(&opts.config, &vm_dir, share.dir());
         vm_config.memory_mib = opts.memory_mib;
         vm_config.vcpus = opts.vcpus;
         vm_config.nics = network.nics();

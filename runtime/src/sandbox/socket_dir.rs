@@ -5,6 +5,10 @@
 //! container's state directory is too long for its longest socket name the
 //! sockets move to `/run/husk-sockets/<hash of the state dir>`: a pure
 //! function of the state directory, so every command finds them again.
+//!
+//! The VM's own files (its sockets, the guest console log, the monitor's
+//! description and log) are in the socket directory's [`VM_DIR`]: the one
+//! directory a jailed monitor keeps, without the sandbox's other state.
 
 use std::path::{Path, PathBuf};
 
@@ -14,9 +18,12 @@ pub const LONG_PATH_BASE: &str = "/run/husk-sockets";
 /// `sun_path` holds 108 bytes with the terminating NUL.
 const SUN_PATH_MAX: usize = 107;
 
+/// The VM's directory, in the socket directory.
+pub const VM_DIR: &str = "vm";
+
 /// The longest socket name a sandbox uses: the hybrid vsock socket of a
-/// guest-initiated connection, `vsock.sock_<u32 port>`.
-const LONGEST_NAME: usize = "vsock.sock_4294967295".len();
+/// guest-initiated connection, `vm/vsock.sock_<u32 port>`.
+const LONGEST_NAME: usize = "vm/vsock.sock_4294967295".len();
 
 /// The directory for the sockets of the sandbox whose state is in `dir`.
 pub fn socket_dir(dir: &Path) -> PathBuf {
@@ -29,15 +36,16 @@ pub fn socket_dir(dir: &Path) -> PathBuf {
     ))
 }
 
-/// Creates the socket directory of `dir` (private to root).
+/// Creates the socket directory of `dir` and its VM directory (private to
+/// root); returns the VM directory.
 pub fn create(dir: &Path) -> std::io::Result<PathBuf> {
     use std::os::unix::fs::DirBuilderExt;
-    let sockets = socket_dir(dir);
+    let vm = socket_dir(dir).join(VM_DIR);
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
-        .create(&sockets)?;
-    Ok(sockets)
+        .create(&vm)?;
+    Ok(vm)
 }
 
 /// Removes the socket directory of `dir` when it is not `dir` itself.
