@@ -102,6 +102,16 @@ pub struct Config {
     pub boot_timeout_ms: u64,
     /// Extra kernel command-line arguments.
     pub kernel_cmdline: String,
+    /// Whether the VM's host processes are jailed: the builtin monitor in a
+    /// mount namespace of its own files, without capabilities, under
+    /// per-thread seccomp filters; QEMU under its `-sandbox` filter and
+    /// without capabilities; the vsock backend without capabilities and
+    /// under a deny-list filter. Off only to debug them.
+    pub jail: bool,
+    /// The most the guest console log (`console.log` in the VM's
+    /// directory) holds, in KiB: past it the oldest output is dropped, so
+    /// a guest cannot fill the host's disk through its console.
+    pub console_log_max_kib: u64,
 }
 
 impl Default for Config {
@@ -119,6 +129,8 @@ impl Default for Config {
             memory_mib: 256,
             boot_timeout_ms: 30_000,
             kernel_cmdline: String::new(),
+            jail: true,
+            console_log_max_kib: husk_vm_spec::DEFAULT_CONSOLE_LOG_MAX / 1024,
         }
     }
 }

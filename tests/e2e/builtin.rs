@@ -1,6 +1,7 @@
 //! End-to-end tests of the builtin backend (`husk-vmm`): vCPU pause and
 //! resume, several concurrent vsock streams with large transfers both ways,
-//! and a clean end with no thread or descriptor left behind.
+//! and a clean end with no thread or descriptor left behind, also under
+//! the jail with a NIC.
 //!
 //! They need hardware KVM. On this project's machines `/dev/kvm` is PVM, so
 //! `hack/test.sh` runs this suite (with `boot` and `cli`) inside the KVM test
@@ -10,7 +11,11 @@
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
+
+use husk::hypervisor::Nic;
+use husk_protocol::net::MacAddr;
 
 use husk_protocol::{GuestMessage, Request, Response};
 use husk_tests::cli::Cli;
@@ -118,6 +123,45 @@ fn the_monitor_keeps_its_threads_and_descriptors_and_ends_cleanly() {
     assert_eq!(count_entries(format!("/proc/{pid}/task")), threads);
     assert_eq!(count_entries(format!("/proc/{pid}/fd")), fds);
     let exit = guest.shutdown(REQUEST_TIMEOUT).unwrap();
+    assert_eq!(
+        exit.description,
+        "husk-vmm exit status: 0: the guest rebooted"
+    );
+    assert!(!husk_tests::process_exists(pid));
+    assert_nothing_left(state.path());
+}
+
+#[test]
+fn a_jailed_monitor_with_a_nic_ends_cleanly() {
+    let env = builtin_or_skip!();
+    let state = tempfile::tempdir().unwrap();
+    // Not persistent: the tap goes with the last descriptor.
+    let name = format!("husk-tap{}", std::process::id() % 100_000);
+    let tap = husk::sandbox::network::tap::create(&name).expect("creating a tap");
+    let mut config = env.vm_config(state.path());
+    config.nics = vec![Nic {
+        tap: Arc::new(tap),
+        mac: MacAddr([2, 0, 0, 0, 0, 7]),
+        mtu: Some(1400),
+    }];
+    let mut guest = husk::guest::Guest::boot(env.hypervisor.as_ref(), &config, REQUEST_TIMEOUT)
+        .expect("booting a guest with a NIC");
+    let pid = guest.vm().pid();
+    let seccomp = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        matches!(
+            guest.agent().request(Request::Ping, REQUEST_TIMEOUT),
+            Ok(Response::Pong { .. })
+        ),
+        "the agent answers"
+    );
+    drop(config);
+
+    // The NIC's worker frees its frame buffers as the VM ends: a filter
+    // that kills on what glibc does then ends the monitor with SIGSYS.
+    let exit = guest.shutdown(REQUEST_TIMEOUT).unwrap();
+
+    assert!(seccomp.contains("Seccomp:\t2"), "{seccomp}");
     assert_eq!(
         exit.description,
         "husk-vmm exit status: 0: the guest rebooted"

@@ -3,6 +3,7 @@
 //! and exit codes runc gives, and that nothing is left behind.
 
 use std::io::Write;
+use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -657,4 +658,83 @@ fn an_unread_stdout_stalls_only_itself_and_loses_nothing() {
     assert!(rest.is_empty(), "{} bytes after the output", rest.len());
     assert_eq!(bytes[bytes.len() - 1], b'\n');
     assert!(bytes[..bytes.len() - 1].iter().all(|&b| b == b'x'));
+}
+
+#[test]
+fn the_vm_s_host_processes_are_jailed() {
+    let cli = cli_or_skip!();
+    let bundle = cli.bundle(&["sleep", "1000"]);
+
+    assert!(cli.detached(["run", "-d", "--bundle", &bundle.path(), "jailed"]));
+    let monitor = cli.state("jailed")["pid"].as_i64().unwrap() as u32;
+    let (problems, seen) = husk_tests::jail::problems_under(monitor);
+    assert!(cli.output(["delete", "--force", "jailed"]).status.success());
+
+    assert!(problems.is_empty(), "{problems:#?}");
+    let vmm = seen
+        .iter()
+        .any(|p| p == "husk-vmm" || p == "qemu-system-x86_64");
+    assert!(vmm, "no VMM among the monitor's processes: {seen:?}");
+    assert!(seen.iter().any(|p| p == "virtiofsd"), "{seen:?}");
+    if seen.iter().any(|p| p == "qemu-system-x86_64") {
+        let vsock = seen.iter().any(|p| p == "vhost-device-vsock");
+        assert!(vsock, "QEMU without its vsock backend: {seen:?}");
+    }
+}
+
+#[test]
+fn a_guest_flooding_its_console_stays_under_the_cap() {
+    let mut cli = cli_or_skip!();
+    let configs = tempfile::tempdir().unwrap();
+    let capped = configs.path().join("capped.toml");
+    let base = std::fs::read_to_string(&cli.config).unwrap();
+    std::fs::write(&capped, format!("{base}\nconsole_log_max_kib = 64\n")).unwrap();
+    cli.config = capped;
+    // 300 KB straight onto the guest's serial port (the container may mount
+    // devtmpfs: it has CAP_SYS_ADMIN), then a last line.
+    let flood = "mkdir -p /d && mount -t devtmpfs dev /d && \
+                 head -c 300000 /dev/zero | tr '\\0' x > /d/ttyS0 && \
+                 echo 'flood over' >/d/ttyS0; sleep 1000";
+    let mut bundle = cli.bundle(&["sh", "-c", flood]);
+    let caps = serde_json::json!(["CAP_SYS_ADMIN", "CAP_MKNOD", "CAP_DAC_OVERRIDE"]);
+    for set in ["bounding", "effective", "permitted"] {
+        bundle.config["process"]["capabilities"][set] = caps.clone();
+    }
+    bundle.write();
+
+    assert!(cli.detached(["run", "-d", "--bundle", &bundle.path(), "flood"]));
+    let log = find_file(cli.root.path(), "console.log")
+        .or_else(|| find_file(Path::new("/run/husk-sockets"), "console.log"))
+        .expect("the running container's console.log");
+    let over = husk_tests::engines::eventually(Duration::from_secs(180), || {
+        std::fs::read(&log).is_ok_and(|c| c.windows(10).any(|w| w == b"flood over"))
+    });
+    let content = std::fs::read(&log).unwrap();
+    let exec = cli.output(["exec", "flood", "echo", "still answering"]);
+    assert!(cli.output(["delete", "--force", "flood"]).status.success());
+
+    assert!(over, "the flood's end never reached {}", log.display());
+    assert!(content.len() <= 64 * 1024, "{} bytes", content.len());
+    assert!(
+        content.starts_with(b"[husk: earlier console output dropped"),
+        "{:?}",
+        String::from_utf8_lossy(&content[..80.min(content.len())])
+    );
+    assert_eq!(String::from_utf8_lossy(&exec.stdout), "still answering\n");
+}
+
+/// The first file called `name` under `dir`.
+fn find_file(dir: &Path, name: &str) -> Option<std::path::PathBuf> {
+    for entry in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        if path.file_name().is_some_and(|n| n == name) {
+            return Some(path);
+        }
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        }
+    }
+    None
 }

@@ -10,6 +10,7 @@
 pub mod cli;
 pub mod cri;
 pub mod engines;
+pub mod jail;
 pub mod net;
 pub mod podman;
 pub mod rootfs;

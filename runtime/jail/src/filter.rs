@@ -15,8 +15,8 @@
 use std::collections::BTreeMap;
 
 use seccompiler::{
-    BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
-    SeccompRule, TargetArch,
+    sock_filter, BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition,
+    SeccompFilter, SeccompRule, TargetArch,
 };
 
 /// One allowed syscall: always, or only when one of `when` matches.
@@ -145,6 +145,31 @@ impl Filter {
         let filter = SeccompFilter::new(rules, mismatch, matched, TargetArch::x86_64)?;
         let program: BpfProgram = filter.try_into()?;
         Ok(Filter(program))
+    }
+
+    /// The BPF instructions as `(code, jt, jf, k)`, for a build script to
+    /// write out (see [`Filter::from_instructions`]).
+    pub fn instructions(&self) -> Vec<(u16, u8, u8, u32)> {
+        self.0.iter().map(|i| (i.code, i.jt, i.jf, i.k)).collect()
+    }
+
+    /// The filter of instructions [`Filter::instructions`] gave, with the
+    /// `k` of the instructions at `patch` replaced by `value`: a filter
+    /// compiled at build time with a placeholder where a runtime value
+    /// (the process's own pid) goes, ready without compiling.
+    pub fn from_instructions(
+        instructions: &[(u16, u8, u8, u32)],
+        patch: &[usize],
+        value: u32,
+    ) -> Filter {
+        let mut program: BpfProgram = instructions
+            .iter()
+            .map(|&(code, jt, jf, k)| sock_filter { code, jt, jf, k })
+            .collect();
+        for &index in patch {
+            program[index].k = value;
+        }
+        Filter(program)
     }
 
     /// Installs the filter on the calling thread (and sets no_new_privs,

@@ -27,6 +27,7 @@ pub const VMM_BINARY: &str = "husk-vmm";
 pub struct BuiltinBackend {
     vmm: PathBuf,
     virtiofsd: PathBuf,
+    jail: bool,
 }
 
 impl BuiltinBackend {
@@ -35,6 +36,7 @@ impl BuiltinBackend {
         BuiltinBackend {
             vmm: config.vmm.clone(),
             virtiofsd: config.virtiofsd.clone(),
+            jail: config.jail,
         }
     }
 
@@ -65,6 +67,7 @@ impl BuiltinBackend {
             vcpus: u8::try_from(config.vcpus).unwrap_or(u8::MAX),
             memory_mib: u64::from(config.memory_mib),
             console_log: config.console_log(),
+            console_log_max: config.console_log_max,
             control_socket: Some(control_socket(config)),
             devices: vec![
                 Device::Vsock {
@@ -86,6 +89,7 @@ impl BuiltinBackend {
                 })
             }))
             .collect(),
+            jail: self.jail,
         }
     }
 }
@@ -209,6 +213,7 @@ mod tests {
             state_dir: "/run/husk/x".into(),
             cmdline_extra: vec![],
             nics: vec![],
+            console_log_max: 1 << 20,
         };
         BuiltinBackend::from_config(&Config::default())
             .vm_spec(&config, Path::new("/run/husk/x/virtiofsd.sock"))

@@ -11,6 +11,8 @@
 //! hardware KVM) and [`qemu`] (QEMU microvm, KVM or TCG).
 
 pub mod builtin;
+pub mod console;
+pub mod jail;
 pub mod monitor_process;
 pub mod qemu;
 pub mod vhost_user;
@@ -87,6 +89,8 @@ pub struct VmConfig {
     pub cmdline_extra: Vec<String>,
     /// The NICs, each on a tap the VMM inherits.
     pub nics: Vec<Nic>,
+    /// The console log's cap in bytes.
+    pub console_log_max: u64,
 }
 
 /// A guest NIC backed by a tap.
@@ -125,6 +129,7 @@ impl VmConfig {
                 .map(String::from)
                 .collect(),
             nics: Vec::new(),
+            console_log_max: config.console_log_max_kib.saturating_mul(1024),
         }
     }
 
@@ -388,6 +393,7 @@ mod tests {
             state_dir: "/tmp".into(),
             cmdline_extra: vec!["husk.port=5".into()],
             nics: vec![],
+            console_log_max: 1 << 20,
         };
         let line = vm.base_cmdline().join(" ");
         assert!(

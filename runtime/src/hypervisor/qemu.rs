@@ -9,6 +9,7 @@
 //! full second in `mach_get_cmos_time` (boot 1.8 s -> 0.8 s, measured).
 
 use std::ffi::OsString;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -17,6 +18,7 @@ use crate::config::{resolve_binary, Config};
 
 use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
+use super::{console, jail};
 use super::{Hypervisor, HypervisorError, Nic, Vm, VmConfig, VmExit, GUEST_CID};
 
 /// How long virtiofsd gets to exit by itself after QEMU is gone.
@@ -28,6 +30,7 @@ pub struct QemuBackend {
     virtiofsd: PathBuf,
     vsock_backend: PathBuf,
     kvm: bool,
+    jail: bool,
 }
 
 impl QemuBackend {
@@ -39,6 +42,7 @@ impl QemuBackend {
             virtiofsd: config.virtiofsd.clone(),
             vsock_backend: config.vsock_backend.clone(),
             kvm,
+            jail: config.jail,
         }
     }
 
@@ -87,14 +91,24 @@ impl QemuBackend {
         config: &VmConfig,
         fs_socket: &Path,
         vsock_socket: &Path,
+        console_fd: RawFd,
     ) -> Vec<OsString> {
         let mut cmdline = config.base_cmdline();
         cmdline.push("husk.backend=qemu".into());
         let mut args = self.machine_args(config, true, &cmdline);
         let mut push = |parts: &[&str]| args.extend(parts.iter().map(OsString::from));
+        // The console goes through a pipe to the capped log (see
+        // `console`); `append` keeps QEMU from truncating the pipe.
+        push(&[
+            "-add-fd",
+            &format!("fd={console_fd},set={},opaque=console", console::FDSET),
+        ]);
         push(&[
             "-chardev",
-            &format!("file,id=console,path={}", config.console_log().display()),
+            &format!(
+                "file,id=console,path=/dev/fdset/{},append=on",
+                console::FDSET
+            ),
         ]);
         push(&["-serial", "chardev:console"]);
         push(&[
@@ -124,6 +138,9 @@ impl QemuBackend {
             }
             push(&["-device", &device]);
         }
+        if self.jail {
+            push(&["-sandbox", jail::QEMU_SANDBOX]);
+        }
         args
     }
 }
@@ -145,22 +162,47 @@ impl Hypervisor for QemuBackend {
         let _ = std::fs::remove_file(&vsock_uds);
         let mut fs =
             vhost_user::start_virtiofsd(&virtiofsd, &config.shared_dir, &config.state_dir)?;
-        let mut vsock =
-            vhost_user::start_vsock(&vsock_backend, GUEST_CID, &vsock_uds, &config.state_dir)?;
+        let mut vsock = vhost_user::start_vsock(
+            &vsock_backend,
+            GUEST_CID,
+            &vsock_uds,
+            &config.state_dir,
+            self.jail,
+        )?;
         fs.wait_ready()?;
         vsock.wait_ready()?;
 
+        let console_log = config.console_log();
+        let console = console::start(&console_log, config.console_log_max).map_err(|source| {
+            HypervisorError::StateDir {
+                path: console_log.clone(),
+                source,
+            }
+        })?;
         let mut cmd = Command::new(qemu);
-        cmd.args(self.qemu_args(config, &fs.socket, &vsock.socket));
-        crate::process::inherit_fds(&mut cmd, config.nics.iter().map(Nic::fd).collect());
+        cmd.args(self.qemu_args(
+            config,
+            &fs.socket,
+            &vsock.socket,
+            console.write_end.as_raw_fd(),
+        ));
+        let mut inherited: Vec<RawFd> = config.nics.iter().map(Nic::fd).collect();
+        inherited.push(console.write_end.as_raw_fd());
+        crate::process::inherit_fds(&mut cmd, inherited);
+        if self.jail {
+            jail::drop_caps_at_exec(&mut cmd);
+        }
         let qemu = MonitorProcess::spawn(
             "qemu",
             cmd,
             &config.state_dir.join("qemu.log"),
             LogTail::OnFailure,
         )?;
+        // QEMU holds the write end now: the relay ends when QEMU does.
+        drop(console.write_end);
         Ok(Box::new(QemuVm {
             qemu,
+            console: Some(console.thread),
             fs,
             vsock,
             vsock_uds,
@@ -172,6 +214,8 @@ impl Hypervisor for QemuBackend {
 /// A VM run by a QEMU process and its two vhost-user helpers.
 struct QemuVm {
     qemu: MonitorProcess,
+    /// The console relay, joined once QEMU is gone.
+    console: Option<std::thread::JoinHandle<()>>,
     fs: Backend,
     vsock: Backend,
     vsock_uds: PathBuf,
@@ -197,6 +241,10 @@ impl Vm for QemuVm {
 
     fn stop(&mut self) -> Result<VmExit, HypervisorError> {
         let exit = self.qemu.kill()?;
+        if let Some(relay) = self.console.take() {
+            // QEMU's end of the pipe closed with it.
+            let _ = relay.join();
+        }
         // virtiofsd exits by itself once QEMU is gone; the vsock backend
         // would wait for the next VMM forever.
         self.fs.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
@@ -231,6 +279,7 @@ mod tests {
             state_dir: "/run/husk/x".into(),
             cmdline_extra: vec![],
             nics: vec![],
+            console_log_max: 1 << 20,
         }
     }
 
@@ -241,6 +290,7 @@ mod tests {
                 &vm_config(),
                 Path::new("/s/fs.sock"),
                 Path::new("/s/vsock.sock"),
+                7,
             )
             .into_iter()
             .map(|a| a.into_string().unwrap())
@@ -321,7 +371,12 @@ mod tests {
         let backend = QemuBackend::from_config(&Config::default(), false);
 
         let args: Vec<String> = backend
-            .qemu_args(&config, Path::new("/s/fs.sock"), Path::new("/s/vsock.sock"))
+            .qemu_args(
+                &config,
+                Path::new("/s/fs.sock"),
+                Path::new("/s/vsock.sock"),
+                7,
+            )
             .into_iter()
             .map(|a| a.into_string().unwrap())
             .collect();
@@ -345,11 +400,13 @@ mod tests {
     }
 
     #[test]
-    fn console_goes_to_the_state_dir_log() {
+    fn console_goes_into_the_relay_s_pipe() {
         let args = args(false);
+        assert_eq!(value_of(&args, "-add-fd"), ["fd=7,set=1,opaque=console"]);
         assert!(
-            value_of(&args, "-chardev").contains(&"file,id=console,path=/run/husk/x/console.log")
+            value_of(&args, "-chardev").contains(&"file,id=console,path=/dev/fdset/1,append=on")
         );
+        assert_eq!(value_of(&args, "-serial"), ["chardev:console"]);
         assert!(value_of(&args, "-append")[0].starts_with("console=ttyS0"));
     }
 }

@@ -68,23 +68,29 @@ pub fn start_virtiofsd(
     let mut cmd = Command::new(binary);
     cmd.arg(format!("--socket-path={}", socket.display()))
         .arg(format!("--shared-dir={}", shared_dir.display()))
-        .args(["--sandbox=namespace", "--cache=auto", "--log-level=error"]);
+        .args(["--sandbox=namespace", "--cache=auto", "--log-level=error"])
+        .arg(super::jail::VIRTIOFSD_SECCOMP);
     spawn("virtiofsd", cmd, socket, &state_dir.join("virtiofsd.log"))
 }
 
 /// Starts vhost-device-vsock for guest `cid`; guest connections to host port
-/// P arrive on `uds_path`_P.
+/// P arrive on `uds_path`_P. `jail`: without capabilities, under the
+/// helpers' deny-list filter.
 pub fn start_vsock(
     binary: &Path,
     cid: u32,
     uds_path: &Path,
     state_dir: &Path,
+    jail: bool,
 ) -> Result<Backend, HypervisorError> {
     let socket = state_dir.join("vhost-vsock.sock");
     let mut cmd = Command::new(binary);
     cmd.arg(format!("--guest-cid={cid}"))
         .arg(format!("--socket={}", socket.display()))
         .arg(format!("--uds-path={}", uds_path.display()));
+    if jail {
+        super::jail::confine_helper_at_exec(&mut cmd)?;
+    }
     spawn(
         "vhost-device-vsock",
         cmd,

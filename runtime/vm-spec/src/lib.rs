@@ -47,6 +47,27 @@ pub struct VmSpec {
     pub control_socket: Option<PathBuf>,
     /// The virtio devices, in bus order.
     pub devices: Vec<Device>,
+    /// Whether the monitor jails itself once it has read this: a private
+    /// mount namespace holding only the VM's files, no capabilities,
+    /// no_new_privs, and a seccomp filter on every thread. On unless the
+    /// runtime's configuration turns it off (to debug the monitor).
+    #[serde(default = "jailed")]
+    pub jail: bool,
+    /// The most bytes the console log holds: past it the oldest output is
+    /// dropped (see husk-console-log).
+    #[serde(default = "console_log_max")]
+    pub console_log_max: u64,
+}
+
+fn jailed() -> bool {
+    true
+}
+
+/// The console log's cap unless the runtime says otherwise: 4 MiB.
+pub const DEFAULT_CONSOLE_LOG_MAX: u64 = 4 << 20;
+
+fn console_log_max() -> u64 {
+    DEFAULT_CONSOLE_LOG_MAX
 }
 
 /// A virtio device of the VM.
@@ -243,6 +264,8 @@ mod tests {
                     mtu: Some(1500),
                 }),
             ],
+            jail: true,
+            console_log_max: 1 << 20,
         }
     }
 

@@ -17,6 +17,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use husk_console_log::CappedLog;
 use husk_vm_spec::{Device, NetDevice, VmSpec};
 use kvm_ioctls::{IoEventAddress, Kvm, VcpuFd, VmFd};
 use linux_loader::loader::elf::{Elf, PvhBootCapability};
@@ -108,15 +109,51 @@ fn device_err(device: &'static str) -> impl Fn(String) -> BuildError {
 /// Builds the VM described by `config` and starts its vCPUs. `started` is
 /// when the monitor started, for [`Vmm::time_to_first_entry`].
 pub fn build_and_boot(config: &VmSpec, started: Instant) -> Result<Vmm, BuildError> {
+    boot(prepare(config)?, config, started)
+}
+
+/// A VM whose memory holds its kernel and initramfs, before any device
+/// or thread: what the monitor opens from host paths (`/dev/kvm`, the
+/// boot files) is done, so the jail need not keep them.
+pub struct Prepared {
+    kvm: Kvm,
+    memory: GuestMemory,
+    vm: VmFd,
+    entry: GuestAddress,
+    initramfs: (GuestAddress, u64),
+}
+
+/// The first half of [`build_and_boot`]: `/dev/kvm`, guest memory, the VM,
+/// the kernel and initramfs loaded. It starts no thread.
+pub fn prepare(config: &VmSpec) -> Result<Prepared, BuildError> {
     config.check()?;
     let kvm = vm::open_kvm()?;
     let memory = memory::create(config.memory_mib)?;
     let vm = vm::create(&kvm, &memory)?;
-    let exit = Arc::new(ExitSignal::new().map_err(|e| device_err("exit")(e.to_string()))?);
-    // Loading first gives a vhost-user backend started next to us the time
-    // to create its socket.
+    // Loading before the devices gives a vhost-user backend started next to
+    // us the time to create its socket.
     let entry = load_kernel(&memory, &config.kernel)?;
     let initramfs = load_initramfs(&memory, &config.initramfs)?;
+    Ok(Prepared {
+        kvm,
+        memory,
+        vm,
+        entry,
+        initramfs,
+    })
+}
+
+/// The second half of [`build_and_boot`]: the devices (their worker
+/// threads), the boot information, the vCPUs started.
+pub fn boot(prepared: Prepared, config: &VmSpec, started: Instant) -> Result<Vmm, BuildError> {
+    let Prepared {
+        kvm,
+        memory,
+        vm,
+        entry,
+        initramfs,
+    } = prepared;
+    let exit = Arc::new(ExitSignal::new().map_err(|e| device_err("exit")(e.to_string()))?);
     let devices = attach_devices(&vm, &memory, config, &exit)?;
     let cmdline = format!("{} {}", config.cmdline, devices.cmdline.join(" "));
     write_boot_info(&memory, config.vcpus, &cmdline, initramfs)?;
@@ -166,7 +203,7 @@ fn attach_devices(
     };
     let bus_err = |device| move |e: BusError| device_err(device)(e.to_string());
 
-    let log = File::create(&config.console_log).map_err(|e| {
+    let log = CappedLog::create(&config.console_log, config.console_log_max).map_err(|e| {
         device_err("serial")(format!("creating {}: {e}", config.console_log.display()))
     })?;
     let serial = SerialConsole::new(irqfd(vm, SERIAL_IRQ, "serial")?, log);
@@ -235,7 +272,7 @@ fn virtio_device(
         Device::Fs { socket, tag } => {
             Box::new(Fs::connect(socket, tag).map_err(|e| device_err("fs")(e.to_string()))?)
         }
-        Device::Rng => Box::new(Rng::default()),
+        Device::Rng => Box::new(Rng::new().map_err(|e| device_err("rng")(e.to_string()))?),
         Device::Net(net) => Box::new(net_device(net, taps)?),
     })
 }
@@ -251,7 +288,7 @@ fn net_device(spec: &NetDevice, taps: &mut Vec<RawFd>) -> Result<Net, BuildError
     }
     let tap = inherited_tap(spec.tap_fd)?;
     taps.push(spec.tap_fd);
-    Ok(Net::new(tap, spec.mac, spec.mtu))
+    Net::new(tap, spec.mac, spec.mtu).map_err(|e| device_err("net")(e.to_string()))
 }
 
 /// Owns the inherited descriptor `fd` once it is known to be an open tap:
@@ -281,6 +318,7 @@ fn watch_reset(reset: EventFd, exit: Arc<ExitSignal>) {
         .name("i8042-reset".into())
         .stack_size(64 << 10)
         .spawn(move || {
+            crate::jail::enter_thread(crate::jail::ThreadKind::Reset);
             // SAFETY: plain fcntl on an fd we own.
             unsafe {
                 let fd = std::os::fd::AsRawFd::as_raw_fd(&reset);

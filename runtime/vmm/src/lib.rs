@@ -10,15 +10,18 @@
 //!
 //! Everything the guest writes (MMIO accesses, descriptors, vsock packets, net
 //! frames) is untrusted: a bad access is logged and ignored or resets the
-//! device, it never panics the monitor.
+//! device, it never panics the monitor. And in case one gets through, the
+//! monitor runs in a [`jail`]: its files only, no capabilities, a seccomp
+//! filter on every thread.
 
 pub mod arch;
 pub mod builder;
 pub mod control;
 pub mod devices;
+pub mod jail;
 pub mod vstate;
 
-pub use builder::{build_and_boot, BuildError};
+pub use builder::{boot, build_and_boot, prepare, BuildError, Prepared};
 pub use husk_vm_spec::VmSpec;
 pub use vstate::vcpu::{RunState, VmExit};
 pub use vstate::Vmm;

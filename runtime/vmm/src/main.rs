@@ -2,7 +2,9 @@
 //!
 //! The husk runtime starts one per container with a description of that
 //! sandbox's VM (`--config FILE`, a [`husk_vm_spec::VmSpec`]: kernel,
-//! initramfs, size, console log, devices); see [`husk_vmm::builder`]. Exit
+//! initramfs, size, console log, devices); see [`husk_vmm::builder`]. It
+//! jails itself first ([`husk_vmm::jail`]) unless the description says not
+//! to. Exit
 //! status: 0 when the guest rebooted, powered off or was stopped through the
 //! control socket, 1 when building the VM failed or the VM crashed.
 
@@ -14,7 +16,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use clap::Parser;
 use husk_vmm::control::{self, Followup};
-use husk_vmm::{build_and_boot, VmExit, VmSpec};
+use husk_vmm::jail::{self, ThreadKind};
+use husk_vmm::{boot, prepare, VmExit, VmSpec};
 
 /// Runs one KVM microVM.
 #[derive(Parser, Debug)]
@@ -45,6 +48,12 @@ fn main() {
 
 fn run(args: Args, started: Instant) -> Result<VmExit> {
     let config = VmSpec::read(&args.config)?;
+    let prepared = prepare(&config)?;
+    // After /dev/kvm, memory and the boot files, before any thread starts
+    // (see husk_vmm::jail).
+    if config.jail {
+        jail::confine(&config).context("jailing the monitor")?;
+    }
     let control = config
         .control_socket
         .as_ref()
@@ -53,7 +62,8 @@ fn run(args: Args, started: Instant) -> Result<VmExit> {
             UnixListener::bind(path).with_context(|| format!("binding {}", path.display()))
         })
         .transpose()?;
-    let mut vmm = build_and_boot(&config, started)?;
+    let mut vmm = boot(prepared, &config, started)?;
+    jail::enter_thread(ThreadKind::Main);
     let exit_fd = vmm.exit_event().as_raw_fd();
     loop {
         let mut fds = vec![libc::pollfd {

@@ -9,8 +9,9 @@
 //!
 //! `husk-bench backends --runs N`: N boots to the agent's hello with the
 //! builtin monitor alternating with N under QEMU (`-accel kvm -M microvm`),
-//! same kernel, initramfs and share; plus the builtin monitor's time from
-//! start to the first vCPU entry and each monitor's host memory overhead
+//! same kernel, initramfs and share, and with the builtin monitor unjailed
+//! (what the jail costs); plus the builtin monitor's time from start to the
+//! first vCPU entry and each monitor's host memory overhead
 //! (RSS minus the guest memory the guest touched), and the guest's uptime at
 //! its first ping (its own boot, apart from the host's start-up). Needs
 //! hardware KVM: `hack/bench-builtin` runs it inside the KVM test host, with
@@ -252,6 +253,11 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
         host.describe()
     );
     let builtin = BuiltinBackend::from_config(&config);
+    // The same monitor without its jail: what jailing costs at start.
+    let unjailed = BuiltinBackend::from_config(&Config {
+        jail: false,
+        ..config.clone()
+    });
     let qemu = QemuBackend::from_config(&config, true);
     let timeout = Duration::from_millis(config.boot_timeout_ms);
     println!(
@@ -261,12 +267,24 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
         config.memory_mib,
         config.vcpus
     );
-    let (mut b, mut q) = (BackendSamples::default(), BackendSamples::default());
-    let mut b_entry = Samples::default();
+    let (mut b, mut u, mut q): (BackendSamples, BackendSamples, BackendSamples) =
+        Default::default();
+    let (mut b_entry, mut u_entry) = (Samples::default(), Samples::default());
     for run in 0..runs {
-        for (name, backend, samples) in [
-            ("builtin", &builtin as &dyn hypervisor::Hypervisor, &mut b),
-            ("qemu", &qemu, &mut q),
+        for (name, backend, samples, entry) in [
+            (
+                "builtin",
+                &builtin as &dyn hypervisor::Hypervisor,
+                &mut b,
+                Some(&mut b_entry),
+            ),
+            (
+                "builtin without jail",
+                &unjailed,
+                &mut u,
+                Some(&mut u_entry),
+            ),
+            ("qemu", &qemu, &mut q, None),
         ] {
             let state = tempfile::Builder::new().prefix("husk-bench-").tempdir()?;
             let shared = state.path().join("shared");
@@ -284,7 +302,7 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
             samples.hello.0.push(guest.timings.hello);
             samples.uptime.0.push(uptime);
             samples.rss.0.push(monitor_overhead(guest.vm().pid())?);
-            if name == "builtin" {
+            if let Some(entry) = entry {
                 let timing = control::request(
                     &builtin::control_socket(&vm),
                     ControlRequest::Timing,
@@ -294,7 +312,7 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
                     .strip_prefix("first-entry-us ")
                     .and_then(|v| v.parse().ok())
                     .with_context(|| format!("unexpected timing answer {timing:?}"))?;
-                b_entry.0.push(Duration::from_micros(us));
+                entry.0.push(Duration::from_micros(us));
             }
             guest.shutdown(timeout)?;
         }
@@ -303,16 +321,22 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
     eprintln!();
     println!("{:<40}{:>10}{:>10}{:>10}", "ms", "min", "median", "max");
     println!("{}", b.hello.row("builtin: boot to agent hello"));
+    println!("{}", u.hello.row("builtin, no jail: boot to agent hello"));
     println!("{}", q.hello.row("qemu -accel kvm: boot to agent hello"));
     println!(
         "{}",
         b_entry.row("builtin: monitor start to 1st vCPU entry")
     );
+    println!("{}", u_entry.row("  the same without its jail"));
     println!("{}", b.uptime.row("builtin: guest uptime at 1st ping"));
     println!("{}", q.uptime.row("qemu: guest uptime at 1st ping"));
     println!(
         "\nbuiltin / qemu median boot to hello: {:.2}",
         b.hello.median().as_secs_f64() / q.hello.median().as_secs_f64()
+    );
+    println!(
+        "the jail's cost at monitor start (median to 1st vCPU entry): {:+.1} ms",
+        (b_entry.median().as_secs_f64() - u_entry.median().as_secs_f64()) * 1000.0
     );
     println!(
         "\n{:<40}{:>10}{:>10}{:>10}",
@@ -328,6 +352,7 @@ fn bench_backends(runs: usize, recycle_mib: usize) -> Result<()> {
         )
     };
     println!("{}", kib_row(&b.rss, "builtin (husk-vmm)"));
+    println!("{}", kib_row(&u.rss, "builtin without jail"));
     println!("{}", kib_row(&q.rss, "qemu (without its helpers)"));
     Ok(())
 }

@@ -1,8 +1,9 @@
-//! The 8250 UART at 0x3f8 (IRQ 4): the guest console, written into a log
-//! file. Input is not connected.
+//! The 8250 UART at 0x3f8 (IRQ 4): the guest console, written into a
+//! capped log file. Input is not connected.
 
-use std::fs::File;
 use std::io::Write;
+
+use husk_console_log::CappedLog;
 
 use vm_superio::serial::NoEvents;
 use vm_superio::{Serial, Trigger};
@@ -35,8 +36,8 @@ impl<W: Write + Send> SerialConsole<W> {
     }
 }
 
-/// The console of a VM: the UART writing into a file.
-pub type FileConsole = SerialConsole<File>;
+/// The console of a VM: the UART writing into a capped log.
+pub type FileConsole = SerialConsole<CappedLog>;
 
 impl<W: Write + Send> BusDevice for SerialConsole<W> {
     fn read(&mut self, offset: u64, data: &mut [u8]) {

@@ -194,7 +194,10 @@ impl VcpuSet {
             let thread = std::thread::Builder::new()
                 .name(format!("vcpu{index}"))
                 .stack_size(256 << 10)
-                .spawn(move || run_vcpu(vcpu, &control, &handlers, &first_entry))
+                .spawn(move || {
+                    crate::jail::enter_thread(crate::jail::ThreadKind::Vcpu);
+                    run_vcpu(vcpu, &control, &handlers, &first_entry)
+                })
                 .map_err(VcpuError::Start)?;
             set.threads.push(thread);
         }

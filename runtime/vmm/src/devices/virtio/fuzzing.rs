@@ -84,16 +84,19 @@ fn drive_mmio(data: &[u8]) -> bool {
     // The host's end of the net device's tap, open until the end.
     let (tap, _host) = seqpacket_pair();
     let device: Box<dyn VirtioDevice> = match choice % 3 {
-        0 => Box::new(Rng::default()),
+        0 => Box::new(Rng::new().expect("a worker thread")),
         1 => match Vsock::new(GUEST_CID, &scratch.path().join("v.sock")) {
             Ok(vsock) => Box::new(vsock),
             Err(_) => return false,
         },
-        _ => Box::new(Net::new(
-            Tap::from_socket_for_tests(tap),
-            [2, 0, 0, 0, 0, 1],
-            Some(1500),
-        )),
+        _ => Box::new(
+            Net::new(
+                Tap::from_socket_for_tests(tap),
+                [2, 0, 0, 0, 0, 1],
+                Some(1500),
+            )
+            .expect("a worker thread"),
+        ),
     };
     let memory = guest_memory(MMIO_MEMORY);
     let mut transport = MmioTransport::new(device, memory.clone(), eventfd()).expect("eventfds");

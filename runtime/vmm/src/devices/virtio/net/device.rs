@@ -22,13 +22,13 @@ pub struct Net {
     acked: u64,
     /// The tap while the device is not active (the worker has it then).
     tap: Option<Tap>,
-    worker: Option<Worker<NetHandler>>,
+    worker: Worker<NetHandler>,
 }
 
 impl Net {
     /// A NIC with address `mac` (and `mtu`, offered with VIRTIO_NET_F_MTU
-    /// when given) on `tap`.
-    pub fn new(tap: Tap, mac: [u8; 6], mtu: Option<u16>) -> Net {
+    /// when given) on `tap`; its worker thread starts parked.
+    pub fn new(tap: Tap, mac: [u8; 6], mtu: Option<u16>) -> std::io::Result<Net> {
         let mut config = [0u8; CONFIG_LEN];
         config[..6].copy_from_slice(&mac);
         config[6..8].copy_from_slice(&STATUS_LINK_UP.to_le_bytes());
@@ -39,13 +39,13 @@ impl Net {
         } else {
             FEATURES
         };
-        Net {
+        Ok(Net {
             config,
             features,
             acked: 0,
             tap: Some(tap),
-            worker: None,
-        }
+            worker: Worker::new("virtio-net")?,
+        })
     }
 
     /// The tap, while the device is not active.
@@ -126,14 +126,13 @@ impl VirtioDevice for Net {
             return Err(backend(e.to_string()));
         }
         let handler = NetHandler::new(memory, queues, interrupt, tap, self.acked);
-        let worker = Worker::spawn("virtio-net", handler)
-            .map_err(|e| backend(format!("starting the worker: {e}")))?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .start(handler)
+            .map_err(|e| backend(format!("starting the worker: {e}")))
     }
 
     fn reset(&mut self) {
-        if let Some(handler) = self.worker.take().and_then(|mut w| w.stop()) {
+        if let Some(handler) = self.worker.stop() {
             self.tap = Some(handler.into_tap());
         }
     }
@@ -153,7 +152,10 @@ mod tests {
     /// A device on a socket standing in for its tap, and the host's end.
     fn net(mtu: Option<u16>) -> (Net, OwnedFd) {
         let (tap, host) = seqpacket_pair();
-        (Net::new(Tap::from_socket_for_tests(tap), MAC, mtu), host)
+        (
+            Net::new(Tap::from_socket_for_tests(tap), MAC, mtu).unwrap(),
+            host,
+        )
     }
 
     fn config(device: &Net, offset: u64, len: usize) -> Vec<u8> {

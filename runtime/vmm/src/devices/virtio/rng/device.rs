@@ -7,9 +7,17 @@ use crate::devices::virtio::{ActivateError, ActiveQueue, Interrupt, VirtioDevice
 use crate::vstate::memory::GuestMemory;
 
 /// virtio-rng.
-#[derive(Default)]
 pub struct Rng {
-    worker: Option<Worker<RngHandler>>,
+    worker: Worker<RngHandler>,
+}
+
+impl Rng {
+    /// The device; its worker thread starts parked.
+    pub fn new() -> std::io::Result<Rng> {
+        Ok(Rng {
+            worker: Worker::new("virtio-rng")?,
+        })
+    }
 }
 
 impl VirtioDevice for Rng {
@@ -51,17 +59,15 @@ impl VirtioDevice for Rng {
                     got: queues.len(),
                 })?;
         let handler = RngHandler::new(memory, queue, interrupt);
-        let worker = Worker::spawn("virtio-rng", handler).map_err(|e| ActivateError::Backend {
-            device: "rng",
-            message: format!("starting the worker: {e}"),
-        })?;
-        self.worker = Some(worker);
-        Ok(())
+        self.worker
+            .start(handler)
+            .map_err(|e| ActivateError::Backend {
+                device: "rng",
+                message: format!("starting the worker: {e}"),
+            })
     }
 
     fn reset(&mut self) {
-        if let Some(mut worker) = self.worker.take() {
-            worker.stop();
-        }
+        self.worker.stop();
     }
 }

@@ -17,17 +17,18 @@ pub struct Vsock {
     guest_cid: u64,
     /// The muxer while the device is not active (the worker has it then).
     muxer: Option<Muxer>,
-    worker: Option<Worker<VsockHandler>>,
+    worker: Worker<VsockHandler>,
 }
 
 impl Vsock {
     /// A device for guest `guest_cid`, listening on `uds` (host-initiated
-    /// connections) and connecting to `<uds>_<port>` (guest-initiated).
+    /// connections) and connecting to `<uds>_<port>` (guest-initiated);
+    /// its worker thread starts parked.
     pub fn new(guest_cid: u64, uds: &Path) -> Result<Vsock, VsockError> {
         Ok(Vsock {
             guest_cid,
             muxer: Some(Muxer::bind(uds, guest_cid)?),
-            worker: None,
+            worker: Worker::new("virtio-vsock").map_err(VsockError::Worker)?,
         })
     }
 }
@@ -74,17 +75,16 @@ impl VirtioDevice for Vsock {
             message: "activated twice".into(),
         })?;
         let handler = VsockHandler::new(memory, queues, interrupt, muxer);
-        let worker =
-            Worker::spawn("virtio-vsock", handler).map_err(|e| ActivateError::Backend {
+        self.worker
+            .start(handler)
+            .map_err(|e| ActivateError::Backend {
                 device: "vsock",
                 message: format!("starting the worker: {e}"),
-            })?;
-        self.worker = Some(worker);
-        Ok(())
+            })
     }
 
     fn reset(&mut self) {
-        if let Some(handler) = self.worker.take().and_then(|mut w| w.stop()) {
+        if let Some(handler) = self.worker.stop() {
             let mut muxer = handler.into_muxer();
             muxer.clear(None);
             self.muxer = Some(muxer);

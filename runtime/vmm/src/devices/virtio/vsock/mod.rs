@@ -57,4 +57,7 @@ pub enum VsockError {
         #[source]
         source: std::io::Error,
     },
+    /// The device's worker thread did not start.
+    #[error("starting the vsock worker thread: {0}")]
+    Worker(#[source] std::io::Error),
 }

@@ -408,7 +408,7 @@ fn the_device_moves_frames_on_its_worker_thread_and_can_be_activated_again() {
     let memory = NetLayout::FULL.memory();
     let (tap, host) = seqpacket_pair();
     let mut host = File::from(host);
-    let mut device = Net::new(Tap::from_socket_for_tests(tap), [2, 0, 0, 0, 0, 1], None);
+    let mut device = Net::new(Tap::from_socket_for_tests(tap), [2, 0, 0, 0, 0, 1], None).unwrap();
     device.ack_features(F_GUEST_CSUM | F_GUEST_TSO4 | F_MRG_RXBUF);
     for round in 0..2 {
         let mut rx = DriverQueue::new(&memory, NetLayout::FULL.queue(0));

@@ -109,7 +109,7 @@ fn the_device_fills_buffers_on_a_kick_from_its_worker_thread() {
 
     let memory = guest_memory(MEMORY_SIZE);
     let mut driver = DriverQueue::new(&memory, LAYOUT);
-    let mut device = Rng::default();
+    let mut device = Rng::new().unwrap();
     let queue = driver.active();
     let kick = queue.kick.try_clone().unwrap();
     let irq = eventfd();
