@@ -2,9 +2,9 @@
 # Runs a libFuzzer target on the stable toolchain (cargo fuzz needs nightly,
 # which cannot be installed here): the same sanitizer-coverage passes cargo
 # fuzz uses, without ASan. Targets: frame_decoder (agent/protocol/fuzz),
-# mmio_registers, vsock_packets and net_frames (runtime/vmm/fuzz). Options
-# after the seconds go to libFuzzer (e.g. -close_fd_mask=2 to silence the
-# device's messages).
+# mmio_registers, vsock_packets and net_frames (runtime/vmm/fuzz),
+# bundle_spec (runtime/fuzz). Options after the seconds go to libFuzzer
+# (e.g. -close_fd_mask=2 to silence the device's messages).
 # Usage: hack/fuzz.sh [TARGET] [SECONDS] [LIBFUZZER OPTION...]
 #        (default frame_decoder 60)
 set -euo pipefail
@@ -13,7 +13,7 @@ target=${1:-frame_decoder}
 seconds=${2:-60}
 shift $(($# < 2 ? $# : 2))
 dir=
-for candidate in agent/protocol/fuzz runtime/vmm/fuzz; do
+for candidate in agent/protocol/fuzz runtime/vmm/fuzz runtime/fuzz; do
     if [[ -f $repo/$candidate/fuzz_targets/$target.rs ]]; then
         dir=$repo/$candidate
     fi

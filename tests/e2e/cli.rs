@@ -46,6 +46,59 @@ fn run_relays_both_streams_and_the_exit_code() {
 }
 
 #[test]
+fn a_cpuset_runs_on_as_many_guest_cpus() {
+    let cli = cli_or_skip!();
+    let host_cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    // The VM gets a vCPU per CPU of the set (as the host has); the set
+    // becomes the guest's first CPUs.
+    for (id, cpus) in [("cpus01", "0-1"), ("cpus1", "1")] {
+        let size = if cpus == "1" { 1 } else { 2.min(host_cpus) };
+        let mut bundle = cli.bundle(&["sh", "-c", "nproc; cat /sys/fs/cgroup/cpuset.cpus"]);
+        bundle.config["linux"]["resources"]["cpu"] = serde_json::json!({"cpus": cpus});
+        bundle.write();
+
+        let out = cli.output(["run", "--bundle", &bundle.path(), id]);
+
+        assert_eq!(out.status.code(), Some(0), "{id}: {}", text(&out.stderr));
+        let guest_set = if size == 1 {
+            "0".to_string()
+        } else {
+            format!("0-{}", size - 1)
+        };
+        assert_eq!(text(&out.stdout), format!("{size}\n{guest_set}\n"), "{id}");
+    }
+}
+
+#[test]
+fn linux_devices_become_nodes_in_the_container() {
+    let cli = cli_or_skip!();
+    // /dev/full refuses writes (ENOSPC); the zero device in its place
+    // takes them.
+    let script = "stat -c '%n %F %t %T %a %u %g' /dev/husk-null /dev/sub/fifo /dev/full; \
+                  echo x > /dev/full && echo written";
+    let mut bundle = cli.bundle(&["sh", "-c", script]);
+    bundle.config["linux"]["devices"] = serde_json::json!([
+        {"path": "/dev/husk-null", "type": "c", "major": 1, "minor": 3,
+         "fileMode": 0o640, "uid": 1000, "gid": 1001},
+        {"path": "/dev/sub/fifo", "type": "p", "fileMode": 0o600},
+        // Replaces the default /dev/full with another node, as runc does.
+        {"path": "/dev/full", "type": "c", "major": 1, "minor": 5}
+    ]);
+    bundle.write();
+
+    let out = cli.output(["run", "--bundle", &bundle.path(), "devices"]);
+
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(
+        text(&out.stdout),
+        "/dev/husk-null character special file 1 3 640 1000 1001\n\
+         /dev/sub/fifo fifo 0 0 600 0 0\n\
+         /dev/full character special file 1 5 666 0 0\n\
+         written\n"
+    );
+}
+
+#[test]
 fn stdin_eof_reaches_the_workload_and_binary_data_survives() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&["cat"]);
@@ -155,6 +208,40 @@ fn the_lifecycle_follows_runc() {
     let gone = cli.output(["state", "life"]);
     assert_eq!(gone.status.code(), Some(1));
     assert!(text(&gone.stderr).contains("does not exist"));
+}
+
+#[test]
+fn start_and_exec_use_the_spec_captured_at_create() {
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&["sleep", "1000"]);
+    bundle.config["process"]["env"]
+        .as_array_mut()
+        .unwrap()
+        .push("MARK=captured".into());
+    bundle.write();
+    assert!(cli.detached(["create", "--bundle", &bundle.path(), "captured"]));
+    let config = bundle.dir.path().join("config.json");
+    let mark = || {
+        let out = cli.output(["exec", "captured", "sh", "-c", "echo $MARK"]);
+        assert!(out.status.success(), "exec: {}", text(&out.stderr));
+        text(&out.stdout)
+    };
+
+    std::fs::write(&config, "{broken").unwrap();
+    let start = cli.output(["start", "captured"]);
+    assert!(start.status.success(), "start: {}", text(&start.stderr));
+    assert_eq!(mark(), "captured\n");
+    bundle.config["process"]["env"] = serde_json::json!(["MARK=rewritten", "PATH=/bin"]);
+    bundle.config["process"]["args"] = serde_json::json!(["true"]);
+    bundle.write();
+    assert_eq!(mark(), "captured\n");
+    assert_eq!(cli.state("captured")["status"], "running");
+
+    assert!(cli
+        .output(["delete", "--force", "captured"])
+        .status
+        .success());
+    assert!(cli.ids().is_empty());
 }
 
 #[test]
@@ -335,6 +422,16 @@ fn hooks_run_on_the_host_with_the_state_on_stdin() {
     assert!(text.contains("\"id\":\"hooked\""), "{text}");
 }
 
+/// Gives the spec's `kind` namespace entry the path `path`.
+fn join(config: &mut Value, kind: &str, path: &str) {
+    let namespaces = config["linux"]["namespaces"].as_array_mut().unwrap();
+    let entry = namespaces
+        .iter_mut()
+        .find(|ns| ns["type"] == kind)
+        .expect("the default spec has the namespace");
+    entry["path"] = path.into();
+}
+
 #[test]
 fn bad_bundles_get_one_clear_error_and_leave_nothing() {
     let cli = cli_or_skip!();
@@ -376,6 +473,31 @@ fn bad_bundles_get_one_clear_error_and_leave_nothing() {
                 }),
                 "/no/such",
             ),
+            (
+                "dotdot",
+                Box::new(|c| c["mounts"][0]["destination"] = "/../proc".into()),
+                "mounts[0].destination",
+            ),
+            (
+                "huge",
+                Box::new(|c| c["annotations"] = serde_json::json!({"big": "x".repeat(100 << 20)})),
+                "larger than the 8 MiB",
+            ),
+            (
+                "wrongtype",
+                Box::new(|c| c["linux"]["namespaces"][0]["type"] = 7.into()),
+                "linux.namespaces[0].type",
+            ),
+            (
+                "nsmismatch",
+                Box::new(|c| join(c, "network", "/proc/self/ns/pid")),
+                "/proc/self/ns/pid is a pid namespace, not a network one",
+            ),
+            (
+                "hostipc",
+                Box::new(|c| join(c, "ipc", "/proc/self/ns/ipc")),
+                "cannot join the ipc namespace /proc/self/ns/ipc",
+            ),
         ];
     for (id, patch, needle) in cases {
         let mut b = cli.bundle(&["true"]);
@@ -397,7 +519,8 @@ fn bad_bundles_get_one_clear_error_and_leave_nothing() {
         "{}",
         text(&out.stderr)
     );
-    for bad_id in ["a/b", "..", "x..y"] {
+    let long_id = "a".repeat(1000);
+    for bad_id in ["a/b", "..", "x..y", &long_id] {
         let out = cli.output(["create", "--bundle", &bundle.path(), bad_id]);
         assert_eq!(out.status.code(), Some(1));
         assert!(

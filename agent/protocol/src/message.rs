@@ -208,6 +208,9 @@ pub struct ContainerSpec {
     pub seccomp: Option<crate::oci::Seccomp>,
     /// `linux.resources`, applied to the container's guest cgroup.
     pub resources: crate::oci::Resources,
+    /// `linux.devices`, made in the container's `/dev`.
+    #[serde(default)]
+    pub devices: Vec<crate::oci::Device>,
 }
 
 /// Everything the guest sends.
@@ -436,6 +439,15 @@ mod tests {
                 sysctl: Default::default(),
                 seccomp: None,
                 resources: Default::default(),
+                devices: vec![crate::oci::Device {
+                    path: "/dev/fuse".into(),
+                    kind: "c".into(),
+                    major: 10,
+                    minor: 229,
+                    file_mode: Some(0o666),
+                    uid: None,
+                    gid: Some(5),
+                }],
             })),
             Request::CreateSandbox(Box::new(SandboxSpec {
                 hostname: Some("pod".into()),

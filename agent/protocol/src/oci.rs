@@ -105,6 +105,32 @@ pub struct Rlimit {
     pub soft: u64,
 }
 
+/// One entry of `linux.devices`: a node the container's `/dev` gets.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Device {
+    /// Where, in the container (`/dev/fuse`).
+    pub path: String,
+    /// `c` (or `u`), `b` or `p`.
+    #[serde(rename = "type")]
+    pub kind: String,
+    /// The major number (not for `p`).
+    #[serde(default)]
+    pub major: u32,
+    /// The minor number (not for `p`).
+    #[serde(default)]
+    pub minor: u32,
+    /// Permission bits; 0666 without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_mode: Option<u32>,
+    /// The owner; root without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// The group; root without.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+}
+
 /// One entry of `mounts`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mount {
@@ -232,6 +258,27 @@ pub struct CpuResources {
     pub mems: Option<String>,
 }
 
+/// The number of CPUs in a cpuset list like `0-3,5`.
+pub fn cpuset_size(list: &str) -> Option<u32> {
+    if list.trim().is_empty() {
+        return None;
+    }
+    let mut count = 0u32;
+    for part in list.trim().split(',') {
+        match part.split_once('-') {
+            Some((a, b)) => {
+                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
+                count = count.checked_add(b.checked_sub(a)?.checked_add(1)?)?;
+            }
+            None => {
+                part.trim().parse::<u32>().ok()?;
+                count = count.checked_add(1)?;
+            }
+        }
+    }
+    Some(count)
+}
+
 /// `linux.resources.pids`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PidsResources {
@@ -262,6 +309,15 @@ pub type Sysctl = BTreeMap<String, String>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cpuset_lists_are_counted() {
+        assert_eq!(cpuset_size("0"), Some(1));
+        assert_eq!(cpuset_size("0-1,3-4"), Some(4));
+        assert_eq!(cpuset_size("3-1"), None);
+        assert_eq!(cpuset_size("x"), None);
+        assert_eq!(cpuset_size("0-4294967295"), None);
+    }
 
     #[test]
     fn process_parses_spec_names() {

@@ -44,7 +44,8 @@ impl Cgroup {
 
     /// Writes the limits `resources` asks for.
     pub fn apply(&self, resources: &Resources) -> Result<()> {
-        for (file, value) in limit_files(resources) {
+        let guest_cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        for (file, value) in limit_files(resources, guest_cpus) {
             let path = self.path.join(file);
             fs::write(&path, &value)
                 .with_context(|| format!("writing {value:?} to {}", path.display()))?;
@@ -146,7 +147,7 @@ impl Cgroup {
 /// translated as runc's `cgroups/fs2` does). As in runc, a zero means
 /// "leave it": engines send whole resource sets to `update` with zeros
 /// for what they do not change.
-pub fn limit_files(resources: &Resources) -> Vec<(&'static str, String)> {
+pub fn limit_files(resources: &Resources, guest_cpus: u32) -> Vec<(&'static str, String)> {
     let mut files = Vec::new();
     let set = |v: &Option<i64>| v.filter(|v| *v != 0);
     if let Some(memory) = &resources.memory {
@@ -182,13 +183,27 @@ pub fn limit_files(resources: &Resources) -> Vec<(&'static str, String)> {
             files.push(("cpu.weight", weight.to_string()));
         }
         if let Some(cpus) = cpu.cpus.as_ref().filter(|c| !c.is_empty()) {
-            files.push(("cpuset.cpus", cpus.clone()));
+            files.push(("cpuset.cpus", guest_cpuset(cpus, guest_cpus)));
         }
     }
     if let Some(pids) = resources.pids.as_ref().filter(|p| p.limit != 0) {
         files.push(("pids.max", limit_value(pids.limit)));
     }
     files
+}
+
+/// The guest's CPUs for a host cpuset: the host sized the VM by the set
+/// (or by the pod), so the set's CPUs are the guest's first ones, as many
+/// as the set has and the guest holds. A list that does not parse goes to
+/// the kernel as it is, which names what is wrong.
+fn guest_cpuset(host_list: &str, guest_cpus: u32) -> String {
+    match husk_protocol::oci::cpuset_size(host_list) {
+        Some(size) => match size.min(guest_cpus).max(1) {
+            1 => "0".to_string(),
+            n => format!("0-{}", n - 1),
+        },
+        None => host_list.to_string(),
+    }
 }
 
 fn limit_value(v: i64) -> String {
@@ -262,7 +277,7 @@ mod tests {
             pids: Some(PidsResources { limit: 100 }),
         };
 
-        let files = limit_files(&resources);
+        let files = limit_files(&resources, 4);
 
         assert_eq!(files, [("pids.max", "100".to_string())]);
     }
@@ -277,7 +292,10 @@ mod tests {
             ..Default::default()
         };
 
-        assert_eq!(limit_files(&resources), [("cpu.max", "20000".to_string())]);
+        assert_eq!(
+            limit_files(&resources, 4),
+            [("cpu.max", "20000".to_string())]
+        );
     }
 
     #[test]
@@ -297,7 +315,7 @@ mod tests {
             pids: Some(PidsResources { limit: -1 }),
         };
 
-        let files = limit_files(&resources);
+        let files = limit_files(&resources, 4);
 
         assert!(files.contains(&("memory.max", "67108864".into())));
         assert!(files.contains(&("memory.swap.max", "67108864".into())));
@@ -307,8 +325,40 @@ mod tests {
     }
 
     #[test]
+    fn a_host_cpuset_becomes_the_guest_s_first_cpus() {
+        let with_cpus = |cpus: &str| Resources {
+            cpu: Some(CpuResources {
+                cpus: Some(cpus.into()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+
+        assert_eq!(
+            limit_files(&with_cpus("0-1"), 1),
+            [("cpuset.cpus", "0".into())]
+        );
+        assert_eq!(
+            limit_files(&with_cpus("2-3"), 2),
+            [("cpuset.cpus", "0-1".into())]
+        );
+        assert_eq!(
+            limit_files(&with_cpus("5,7"), 4),
+            [("cpuset.cpus", "0-1".into())]
+        );
+        assert_eq!(
+            limit_files(&with_cpus("0-9"), 4),
+            [("cpuset.cpus", "0-3".into())]
+        );
+        assert_eq!(
+            limit_files(&with_cpus("a-b"), 4),
+            [("cpuset.cpus", "a-b".into())]
+        );
+    }
+
+    #[test]
     fn no_resources_write_nothing() {
-        assert!(limit_files(&Resources::default()).is_empty());
+        assert!(limit_files(&Resources::default(), 4).is_empty());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The container's filesystem view, built inside its own mount namespace:
 //! the rootfs from the share, the spec's mounts, `pivot_root`, the device
-//! nodes of a fresh `/dev`, masked and read-only paths.
+//! nodes of a fresh `/dev` and those of `linux.devices`, masked and read-only
+//! paths.
 //!
 //! Trust: the spec comes from the host; the rootfs comes from the user's
 //! image, so every destination is resolved inside the rootfs
@@ -12,7 +13,7 @@ use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use husk_protocol::oci::Mount;
+use husk_protocol::oci::{Device, Mount};
 use husk_protocol::ContainerSpec;
 use nix::mount::{mount, umount2, MntFlags, MsFlags};
 use nix::sys::stat::{makedev, mknod, Mode, SFlag};
@@ -168,6 +169,47 @@ pub fn setup_rootfs(spec: &ContainerSpec, share_root: &Path) -> Result<()> {
     }
     pivot_into(&rootfs)?;
     make_default_devices()?;
+    for (index, device) in spec.devices.iter().enumerate() {
+        make_device(device).with_context(|| format!("linux.devices[{index}] ({})", device.path))?;
+    }
+    Ok(())
+}
+
+/// Makes one `linux.devices` node (after the pivot, so its path resolves in
+/// the container), replacing what is there, as runc does.
+fn make_device(device: &Device) -> Result<()> {
+    let path = Path::new(&device.path);
+    let kind = match device.kind.as_str() {
+        "c" | "u" => SFlag::S_IFCHR,
+        "b" => SFlag::S_IFBLK,
+        "p" => SFlag::S_IFIFO,
+        other => bail!("{other:?} is not a device type"),
+    };
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    }
+    match fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            return Err(e).context("removing what is there");
+        }
+        _ => {}
+    }
+    let mode = device.file_mode.unwrap_or(0o666);
+    mknod(
+        path,
+        kind,
+        Mode::from_bits_truncate(mode),
+        makedev(device.major.into(), device.minor.into()),
+    )
+    .context("mknod")?;
+    // mknod applies the umask; the spec's mode is exact.
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).context("chmod")?;
+    std::os::unix::fs::chown(
+        path,
+        Some(device.uid.unwrap_or(0)),
+        Some(device.gid.unwrap_or(0)),
+    )
+    .context("chown")?;
     Ok(())
 }
 

@@ -5,7 +5,6 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use husk::oci::spec::Bundle;
 use husk::sandbox::exec_relay::{self, ExecOptions};
 use husk_protocol::oci::Process;
 
@@ -71,7 +70,7 @@ fn build_process(global: &Global, args: &Args) -> anyhow::Result<Process> {
         bail!("exec needs a command or --process");
     }
     let container = global.container(&args.id)?;
-    let bundle = Bundle::load(&container.record.bundle)?;
+    let bundle = container.bundle()?;
     let mut process = bundle.process().clone();
     process.args = args.command.clone();
     process.terminal = args.tty;

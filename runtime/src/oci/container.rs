@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
+use crate::oci::spec::{Bundle, SpecError};
 use crate::oci::state::{check_id, process_alive, Record, Status};
 use crate::sandbox::control::{ControlClient, ControlReply, ControlRequest};
 
@@ -73,6 +74,11 @@ impl Container {
             // The monitor is on its way out.
             _ => Status::Stopped,
         }
+    }
+
+    /// The bundle with the spec captured at create.
+    pub fn bundle(&self) -> Result<Bundle, SpecError> {
+        Bundle::load_captured(&self.record.bundle, &self.dir)
     }
 
     /// Sends one request to the monitor.

@@ -23,6 +23,7 @@ use anyhow::{bail, Context, Result};
 
 use crate::oci::container::Container;
 use crate::oci::hooks;
+use crate::oci::namespaces;
 use crate::oci::spec::Bundle;
 use crate::oci::state::{check_id, now_rfc3339, process_alive, process_start_time, Record, Status};
 use crate::sandbox::control::{ControlReply, ControlRequest};
@@ -55,6 +56,7 @@ pub struct CreateOptions {
 pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
     check_id(&opts.id).map_err(anyhow::Error::msg)?;
     let bundle = Bundle::load(&opts.bundle)?;
+    namespaces::check_paths(&bundle.linux())?;
     if bundle.process().terminal && opts.console_socket.is_none() {
         bail!("process.terminal is set: a --console-socket is required to create it");
     }
@@ -86,6 +88,9 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
     let mut monitor: Option<Child> = None;
     let created = (|| {
         record.save(&dir).context("writing state.json")?;
+        bundle
+            .capture(&dir)
+            .context("capturing the spec in the state directory")?;
         let netns = NetnsPlan::from_spec(&bundle.linux())?;
         if let NetnsPlan::Host = netns {
             bail!(
@@ -264,7 +269,7 @@ pub fn start(container: &Container) -> Result<()> {
         Status::Running | Status::Paused => bail!("cannot start an already running container"),
         Status::Creating => bail!("cannot start a container that is still being created"),
     }
-    let bundle = Bundle::load(&container.record.bundle)?;
+    let bundle = container.bundle()?;
     let all = bundle.spec.hooks.unwrap_or_default();
     let state = container.record.state(Status::Created);
     hooks::run("startContainer", &all.start_container, &state).map_err(anyhow::Error::msg)?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::oci::{Mount, Process, Resources, Seccomp, Sysctl};
+use husk_protocol::oci::{Device, Mount, Process, Resources, Seccomp, Sysctl};
 use serde::{Deserialize, Serialize};
 
 /// Spec versions this runtime implements (runc 1.1 accepts the same).
@@ -129,6 +129,9 @@ pub struct Linux {
     /// The seccomp profile.
     #[serde(default)]
     pub seccomp: Option<Seccomp>,
+    /// Device nodes made in the container's `/dev`.
+    #[serde(default)]
+    pub devices: Vec<Device>,
 }
 
 /// One entry of `linux.namespaces`.
@@ -153,6 +156,12 @@ pub enum SpecError {
         /// Why.
         #[source]
         source: std::io::Error,
+    },
+    /// config.json is larger than [`MAX_SPEC_BYTES`].
+    #[error("{path}: larger than the {} MiB a spec may have", MAX_SPEC_BYTES >> 20)]
+    TooLarge {
+        /// The file.
+        path: PathBuf,
     },
     /// config.json is not valid JSON or a field has the wrong type or is missing.
     #[error("{path}: {message}")]
@@ -185,49 +194,80 @@ pub struct Bundle {
     pub spec: Spec,
 }
 
+/// The spec a container captured at create, in its state directory: what
+/// the monitor, `start` and `exec` read, as runc reads its state's copy, so
+/// a config.json rewritten after create changes nothing.
+pub const CAPTURED_SPEC: &str = "config.json";
+
 impl Bundle {
-    /// Reads `dir/config.json` and checks everything the runtime relies on.
+    /// Reads `dir/config.json` and checks everything the runtime relies on,
+    /// the rootfs and bind sources on the host included.
     pub fn load(dir: &Path) -> Result<Bundle, SpecError> {
         let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
         let path = dir.join("config.json");
-        let text = std::fs::read(&path).map_err(|source| SpecError::Read {
+        let bundle = Bundle::read(&dir, &path)?;
+        let invalid = |field: String, message: String| SpecError::Invalid {
             path: path.clone(),
-            source,
-        })?;
-        let spec = parse(&text).map_err(|message| SpecError::Parse {
-            path: path.clone(),
-            message,
-        })?;
-        let invalid = |field: &str, message: String| SpecError::Invalid {
-            path: path.clone(),
-            field: field.to_string(),
+            field,
             message,
         };
-        check(&spec).map_err(|(field, message)| invalid(&field, message))?;
-        let root = spec.root.as_ref().expect("checked");
-        let rootfs = dir.join(&root.path);
-        if !rootfs.is_dir() {
+        if !bundle.rootfs.is_dir() {
             return Err(invalid(
-                "root.path",
+                "root.path".into(),
                 format!(
                     "rootfs {} does not exist or is not a directory",
-                    rootfs.display()
+                    bundle.rootfs.display()
                 ),
             ));
         }
-        for (i, m) in spec.mounts.iter().enumerate() {
+        for (i, m) in bundle.spec.mounts.iter().enumerate() {
             if m.is_bind() {
-                let source = m.source.as_deref().unwrap_or_default();
-                let source = dir.join(source);
+                let source = dir.join(m.source.as_deref().unwrap_or_default());
                 if std::fs::metadata(&source).is_err() {
                     return Err(invalid(
-                        &format!("mounts[{i}].source"),
+                        format!("mounts[{i}].source"),
                         format!("bind source {} does not exist", source.display()),
                     ));
                 }
             }
         }
-        Ok(Bundle { dir, rootfs, spec })
+        Ok(bundle)
+    }
+
+    /// The bundle in `dir` with the spec a container captured at create in
+    /// its state directory `state_dir`. The host paths are not looked at
+    /// again: they are in the VM's share since create.
+    pub fn load_captured(dir: &Path, state_dir: &Path) -> Result<Bundle, SpecError> {
+        let dir = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        Bundle::read(&dir, &state_dir.join(CAPTURED_SPEC))
+    }
+
+    /// Reads and checks the spec at `path` for the bundle directory `dir`
+    /// (absolute; the spec's relative paths resolve there).
+    fn read(dir: &Path, path: &Path) -> Result<Bundle, SpecError> {
+        let text = read_bounded(path)?;
+        let spec = parse(&text).map_err(|message| SpecError::Parse {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        check(&spec).map_err(|(field, message)| SpecError::Invalid {
+            path: path.to_path_buf(),
+            field,
+            message,
+        })?;
+        let rootfs = dir.join(&spec.root.as_ref().expect("checked").path);
+        Ok(Bundle {
+            dir: dir.to_path_buf(),
+            rootfs,
+            spec,
+        })
+    }
+
+    /// Writes the spec into the state directory `state_dir` as the
+    /// container's [`CAPTURED_SPEC`].
+    pub fn capture(&self, state_dir: &Path) -> std::io::Result<()> {
+        let text = serde_json::to_vec(&self.spec).map_err(std::io::Error::other)?;
+        std::fs::write(state_dir.join(CAPTURED_SPEC), text)
     }
 
     /// The process (checked to be there).
@@ -241,8 +281,82 @@ impl Bundle {
     }
 }
 
+/// The largest config.json husk reads. Engines write a few KiB; a bigger
+/// file is a mistake (or an attack on the runtime's memory), refused before
+/// it is read.
+pub const MAX_SPEC_BYTES: u64 = 8 << 20;
+
+/// Reads the spec at `path`, at most [`MAX_SPEC_BYTES`] of it.
+fn read_bounded(path: &Path) -> Result<Vec<u8>, SpecError> {
+    use std::io::Read;
+    let read_error = |source| SpecError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let mut text = Vec::new();
+    file.take(MAX_SPEC_BYTES + 1)
+        .read_to_end(&mut text)
+        .map_err(read_error)?;
+    if text.len() as u64 > MAX_SPEC_BYTES {
+        return Err(SpecError::TooLarge {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
+}
+
 /// Parses config.json text; errors carry the JSON path of the bad field.
 pub fn parse(text: &[u8]) -> Result<Spec, String> {
+    let spec = parse_fields(text)?;
+    // serde reads a struct from an array of its fields in order, which
+    // would make `"memory": [1]` a limit of one byte; the spec's objects
+    // must be objects.
+    let raw: serde_json::Value =
+        serde_json::from_slice(text).map_err(|e| format!("invalid JSON: {e}"))?;
+    let read = serde_json::to_value(&spec).map_err(|e| e.to_string())?;
+    match array_for_object(&raw, &read, String::new()) {
+        Some(field) => Err(format!(
+            "{field}: invalid type: sequence, expected an object"
+        )),
+        None => Ok(spec),
+    }
+}
+
+/// The first path where `raw` has an array and the spec read from it an
+/// object.
+fn array_for_object(
+    raw: &serde_json::Value,
+    read: &serde_json::Value,
+    path: String,
+) -> Option<String> {
+    use serde_json::Value;
+    let child = |key: &str| {
+        if path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{path}.{key}")
+        }
+    };
+    match (raw, read) {
+        (Value::Array(_), Value::Object(_)) => {
+            Some(if path.is_empty() { ".".into() } else { path })
+        }
+        (Value::Object(raw), Value::Object(read)) => read
+            .iter()
+            .filter_map(|(key, value)| Some((key, raw.get(key)?, value)))
+            .find_map(|(key, raw, read)| array_for_object(raw, read, child(key))),
+        (Value::Array(raw), Value::Array(read)) => raw
+            .iter()
+            .zip(read)
+            .enumerate()
+            .find_map(|(i, (raw, read))| array_for_object(raw, read, format!("{path}[{i}]"))),
+        _ => None,
+    }
+}
+
+/// Deserializes the spec's fields, naming the path of a bad one.
+fn parse_fields(text: &[u8]) -> Result<Spec, String> {
     let de = &mut serde_json::Deserializer::from_slice(text);
     serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
@@ -303,6 +417,19 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
                 format!("{:?} must be an absolute path", m.destination),
             ));
         }
+        if Path::new(&m.destination)
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+        {
+            return Err((
+                format!("mounts[{i}].destination"),
+                format!(
+                    "{:?} has a \"..\" component: a destination names a path in the \
+                     container without leaving it",
+                    m.destination
+                ),
+            ));
+        }
         let kind = m
             .kind
             .as_deref()
@@ -318,6 +445,10 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
         }
     }
     if let Some(linux) = &spec.linux {
+        for (i, device) in linux.devices.iter().enumerate() {
+            check_device(device)
+                .map_err(|(field, message)| (format!("linux.devices[{i}].{field}"), message))?;
+        }
         for (i, ns) in linux.namespaces.iter().enumerate() {
             if !NAMESPACES.contains(&ns.kind.as_str()) && ns.kind != "user" && ns.kind != "time" {
                 return Err((
@@ -332,6 +463,37 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
                 ));
             }
         }
+    }
+    Ok(())
+}
+
+/// Checks one `linux.devices` entry; returns (field, message).
+fn check_device(device: &Device) -> Result<(), (String, String)> {
+    let path = Path::new(&device.path);
+    if !path.is_absolute()
+        || path
+            .components()
+            .any(|c| c == std::path::Component::ParentDir)
+    {
+        return Err((
+            "path".into(),
+            format!("{:?} must be an absolute path without \"..\"", device.path),
+        ));
+    }
+    if !["c", "u", "b", "p"].contains(&device.kind.as_str()) {
+        return Err((
+            "type".into(),
+            format!("{:?} is not a device type (c, u, b or p)", device.kind),
+        ));
+    }
+    if device.file_mode.is_some_and(|mode| mode > 0o7777) {
+        return Err((
+            "fileMode".into(),
+            format!(
+                "{:o} has bits beyond the permission bits",
+                device.file_mode.unwrap()
+            ),
+        ));
     }
     Ok(())
 }
@@ -400,6 +562,34 @@ mod tests {
     fn a_relative_cwd_is_refused() {
         let err = with(|v| v["process"]["cwd"] = "tmp".into()).unwrap_err();
         assert_eq!(err.0, "process.cwd");
+    }
+
+    #[test]
+    fn a_captured_spec_loads_as_the_bundle_did_whatever_the_bundle_becomes() {
+        let bundle_dir = tempfile::tempdir().unwrap();
+        let state_dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(bundle_dir.path().join("rootfs")).unwrap();
+        let mut v: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+        v["hostname"] = "h".into();
+        v["hooks"] = serde_json::json!({"poststart": [{"path": "/bin/true", "timeout": 3}]});
+        v["linux"] = serde_json::json!({
+            "namespaces": [{"type": "pid"}, {"type": "network", "path": "/proc/1/ns/net"}],
+            "resources": {"memory": {"limit": 1048576}, "cpu": {"cpus": "0-1"}},
+            "maskedPaths": ["/proc/kcore"], "sysctl": {"net.ipv4.ip_forward": "1"}
+        });
+        std::fs::write(bundle_dir.path().join("config.json"), v.to_string()).unwrap();
+        let bundle = Bundle::load(bundle_dir.path()).unwrap();
+
+        bundle.capture(state_dir.path()).unwrap();
+        std::fs::write(bundle_dir.path().join("config.json"), "not json").unwrap();
+        std::fs::remove_dir(bundle_dir.path().join("rootfs")).unwrap();
+        let captured = Bundle::load_captured(bundle_dir.path(), state_dir.path()).unwrap();
+
+        assert_eq!(
+            serde_json::to_value(&captured.spec).unwrap(),
+            serde_json::to_value(&bundle.spec).unwrap()
+        );
+        assert_eq!(captured.rootfs, bundle.rootfs);
     }
 
     #[test]

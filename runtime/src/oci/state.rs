@@ -205,7 +205,11 @@ pub fn rfc3339(secs: i64, nanos: u32) -> String {
     )
 }
 
-/// Checks a container id: runc allows `[\w+-.]+` and refuses path tricks.
+/// The longest container id: its state directory is named by it (NAME_MAX).
+pub const MAX_ID_LEN: usize = 255;
+
+/// Checks a container id: runc allows `[\w+-.]+` and refuses path tricks;
+/// the id must also fit a directory's name.
 pub fn check_id(id: &str) -> Result<(), String> {
     if id.is_empty() {
         return Err("container id must not be empty".into());
@@ -223,8 +227,12 @@ pub fn check_id(id: &str) -> Result<(), String> {
             "invalid container id {id:?}: {c:?} is not allowed (use letters, digits, _ + - .)"
         ));
     }
-    if id.len() > 1024 {
-        return Err("invalid container id: longer than 1024 characters".into());
+    if id.len() > MAX_ID_LEN {
+        return Err(format!(
+            "invalid container id: {} characters, more than the {MAX_ID_LEN} a state \
+             directory's name can hold",
+            id.len()
+        ));
     }
     Ok(())
 }

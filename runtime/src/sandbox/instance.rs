@@ -252,6 +252,7 @@ impl Sandbox {
             sysctl: linux.sysctl.clone(),
             seccomp: linux.seccomp.clone(),
             resources: linux.resources.clone().unwrap_or_default(),
+            devices: linux.devices.clone(),
         };
         let created = self
             .start_outputs(init, container.io, container.on_exit)

@@ -117,7 +117,7 @@ fn wait_for_go(go: &mut std::fs::File) -> Result<()> {
 }
 
 fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
-    let bundle = Bundle::load(&args.bundle)?;
+    let bundle = Bundle::load_captured(&args.bundle, &args.dir)?;
     let (config, _) = Config::load()?;
     let linux = bundle.linux();
     if let Some(relative) = linux

@@ -2,9 +2,10 @@
 //! plus a fixed overhead for the guest kernel and agent becomes the guest's
 //! memory; the CPU quota (rounded up) or the cpuset's size becomes the vCPU
 //! count. The same limits are applied again inside the guest's cgroup, so
-//! the workload sees exactly its limit.
+//! the workload sees exactly its limit (a cpuset there becomes the guest's
+//! first CPUs, as many as it names).
 
-use husk_protocol::oci::Resources;
+use husk_protocol::oci::{cpuset_size, Resources};
 
 /// Guest memory added on top of the container's limit: the kernel, the
 /// agent, page tables and the page cache of a small guest (measured
@@ -48,27 +49,6 @@ pub fn vcpus(resources: Option<&Resources>, default_vcpus: u32, host_cpus: u32) 
         (None, None) => default_vcpus,
     };
     wanted.clamp(1, host_cpus.clamp(1, MAX_VCPUS))
-}
-
-/// The number of CPUs in a cpuset list like `0-3,5`.
-pub fn cpuset_size(list: &str) -> Option<u32> {
-    if list.trim().is_empty() {
-        return None;
-    }
-    let mut count = 0u32;
-    for part in list.trim().split(',') {
-        match part.split_once('-') {
-            Some((a, b)) => {
-                let (a, b): (u32, u32) = (a.trim().parse().ok()?, b.trim().parse().ok()?);
-                count += b.checked_sub(a)? + 1;
-            }
-            None => {
-                part.trim().parse::<u32>().ok()?;
-                count += 1;
-            }
-        }
-    }
-    Some(count)
 }
 
 #[cfg(test)]
@@ -116,13 +96,5 @@ mod tests {
         assert_eq!(vcpus(Some(&with_cpu(None, Some("0-3,6"))), 1, 8), 5);
         assert_eq!(vcpus(Some(&with_cpu(Some(800_000), None)), 1, 2), 2);
         assert_eq!(vcpus(None, 1, 8), 1);
-    }
-
-    #[test]
-    fn cpuset_lists_are_counted() {
-        assert_eq!(cpuset_size("0"), Some(1));
-        assert_eq!(cpuset_size("0-1,3-4"), Some(4));
-        assert_eq!(cpuset_size("3-1"), None);
-        assert_eq!(cpuset_size("x"), None);
     }
 }
