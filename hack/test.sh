@@ -70,18 +70,18 @@ step "build"
 cargo build --quiet --locked --workspace
 suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
 suite netlink cargo test --locked -p husk-netlink --test kernel -- --test-threads=2
-for e2e in boot cli network podman engines cri; do
+for e2e in boot cli faults network podman engines cri; do
     suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
 done
 
-step "builtin backend: boot, cli, network, builtin and pod suites with real KVM"
+step "builtin backend: boot, cli, faults, network, builtin and pod suites with real KVM"
 declare -A binary=()
 while read -r name path; do
     binary[$name]=$path
-done < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test network \
-    --test builtin --test cri --no-run --message-format=json |
+done < <(cargo test --quiet --locked -p husk-tests --test boot --test cli --test faults \
+    --test network --test builtin --test cri --no-run --message-format=json |
     sed -n 's/.*"target":{[^}]*"name":"\([a-z_]*\)".*"executable":"\([^"]*\)".*/\1 \2/p')
-for name in boot cli network builtin cri; do
+for name in boot cli faults network builtin cri; do
     if [[ -z ${binary[$name]:-} ]]; then
         echo "test.sh: the $name test binary was not built (got: ${!binary[*]})" >&2
         exit 1
@@ -94,7 +94,8 @@ builtin_suites=$repo/target/husk/builtin-suites.sh
 cat >"$builtin_suites" <<SUITES
 set -e
 kills_before=\$(dmesg | grep 'type=1326' | grep -cE 'exe="[^"]*/(husk-vmm|qemu-system-x86_64|vhost-device-vsock|virtiofsd)"' || true)
-for suite in ${binary[boot]} ${binary[cli]} ${binary[network]} ${binary[builtin]}; do
+for suite in ${binary[boot]} ${binary[cli]} ${binary[faults]} ${binary[network]} \
+    ${binary[builtin]}; do
     echo "=== \$suite"
     "\$suite" --test-threads=1
 done

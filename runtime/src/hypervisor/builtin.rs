@@ -12,6 +12,7 @@ use husk_vm_spec::{Device, NetDevice, VmSpec};
 
 use crate::config::{resolve_binary, Config};
 
+use super::helper_watch::{with_cause, HelperWatch};
 use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
 use super::{Hypervisor, HypervisorError, Nic, Vm, VmConfig, VmExit, GUEST_CID};
@@ -134,8 +135,15 @@ impl Hypervisor for BuiltinBackend {
             &config.state_dir.join("vmm.log"),
             LogTail::Always,
         )?;
+        let watch = HelperWatch::start(&[("virtiofsd", fs.process.pid())], process.pid()).map_err(
+            |source| HypervisorError::Spawn {
+                what: "the helpers' watcher",
+                source,
+            },
+        )?;
         Ok(Box::new(BuiltinVm {
             process,
+            watch,
             fs,
             vsock_uds: config.vsock_uds(),
             console_log: config.console_log(),
@@ -147,6 +155,8 @@ impl Hypervisor for BuiltinBackend {
 /// A VM run by a husk-vmm process and its virtiofsd.
 struct BuiltinVm {
     process: MonitorProcess,
+    /// Ends husk-vmm when virtiofsd ends.
+    watch: HelperWatch,
     fs: Backend,
     vsock_uds: PathBuf,
     console_log: PathBuf,
@@ -173,11 +183,13 @@ impl Vm for BuiltinVm {
     }
 
     fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError> {
-        self.process.try_wait()
+        let exit = self.process.try_wait()?;
+        Ok(exit.map(|exit| with_cause(exit, &self.watch)))
     }
 
     fn stop(&mut self) -> Result<VmExit, HypervisorError> {
-        let exit = self.process.kill()?;
+        self.watch.stop();
+        let exit = with_cause(self.process.kill()?, &self.watch);
         self.fs.stop(HELPER_GRACE).map_err(HypervisorError::Wait)?;
         let _ = std::fs::remove_file(&self.vsock_uds);
         let _ = std::fs::remove_file(&self.control);

@@ -12,6 +12,7 @@
 
 pub mod builtin;
 pub mod console;
+pub mod helper_watch;
 pub mod jail;
 pub mod monitor_process;
 pub mod qemu;

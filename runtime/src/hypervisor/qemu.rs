@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::config::{resolve_binary, Config};
 
+use super::helper_watch::{with_cause, HelperWatch};
 use super::monitor_process::{LogTail, MonitorProcess};
 use super::vhost_user::{self, Backend};
 use super::{console, jail};
@@ -200,8 +201,20 @@ impl Hypervisor for QemuBackend {
         )?;
         // QEMU holds the write end now: the relay ends when QEMU does.
         drop(console.write_end);
+        let watch = HelperWatch::start(
+            &[
+                ("virtiofsd", fs.process.pid()),
+                ("vhost-device-vsock", vsock.process.pid()),
+            ],
+            qemu.pid(),
+        )
+        .map_err(|source| HypervisorError::Spawn {
+            what: "the helpers' watcher",
+            source,
+        })?;
         Ok(Box::new(QemuVm {
             qemu,
+            watch,
             console: Some(console.thread),
             fs,
             vsock,
@@ -214,6 +227,8 @@ impl Hypervisor for QemuBackend {
 /// A VM run by a QEMU process and its two vhost-user helpers.
 struct QemuVm {
     qemu: MonitorProcess,
+    /// Ends QEMU when a helper ends.
+    watch: HelperWatch,
     /// The console relay, joined once QEMU is gone.
     console: Option<std::thread::JoinHandle<()>>,
     fs: Backend,
@@ -236,11 +251,13 @@ impl Vm for QemuVm {
     }
 
     fn try_wait(&mut self) -> Result<Option<VmExit>, HypervisorError> {
-        self.qemu.try_wait()
+        let exit = self.qemu.try_wait()?;
+        Ok(exit.map(|exit| with_cause(exit, &self.watch)))
     }
 
     fn stop(&mut self) -> Result<VmExit, HypervisorError> {
-        let exit = self.qemu.kill()?;
+        self.watch.stop();
+        let exit = with_cause(self.qemu.kill()?, &self.watch);
         if let Some(relay) = self.console.take() {
             // QEMU's end of the pipe closed with it.
             let _ = relay.join();

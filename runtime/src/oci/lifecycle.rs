@@ -28,7 +28,7 @@ use crate::oci::spec::Bundle;
 use crate::oci::state::{check_id, now_rfc3339, process_alive, process_start_time, Record, Status};
 use crate::sandbox::control::{ControlReply, ControlRequest};
 use crate::sandbox::netns::NetnsPlan;
-use crate::sandbox::{host_cgroup, network, share, socket_dir};
+use crate::sandbox::{host_cgroup, network, share, socket_dir, strays};
 
 /// The fd on which the monitor reports readiness.
 pub const READY_FD: i32 = 3;
@@ -142,6 +142,7 @@ pub fn create(opts: &CreateOptions) -> Result<(Container, Child)> {
                 stop_monitor(&container);
                 let _ = monitor.kill();
                 let _ = monitor.wait();
+                strays::kill(&socket_dir::socket_dir(&dir).join(socket_dir::VM_DIR));
             }
             let _ = socket_dir::remove(&dir);
             let _ = share::remove_dir(&dir);
@@ -292,6 +293,11 @@ pub fn delete(container: &Container, force: bool) -> Result<()> {
     if container.monitor_alive() {
         // Also when "stopped": the monitor may still be tearing the VM down.
         stop_monitor(container);
+    }
+    let vm_dir = socket_dir::socket_dir(&container.dir).join(socket_dir::VM_DIR);
+    let strays = strays::kill(&vm_dir);
+    if !strays.is_empty() {
+        eprintln!("husk: warning: killed the VM processes {strays:?} its monitor left");
     }
     // What a killed monitor left in the engine's namespace.
     if let Some(record) = network::record::Record::load(&container.dir) {

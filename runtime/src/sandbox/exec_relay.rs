@@ -120,9 +120,15 @@ fn relay(opts: &ExecOptions, mut started: impl FnMut(&str)) -> Result<i32> {
     if opts.detach {
         detach_stdio();
     }
-    match client.wait_forever()? {
-        ControlReply::Exited { code } => Ok(code),
-        other => bail!("unexpected answer from the monitor: {other:?}"),
+    match client.wait_forever() {
+        Ok(ControlReply::Exited { code }) => Ok(code),
+        Ok(other) => bail!("unexpected answer from the monitor: {other:?}"),
+        // The monitor is gone, and the VM with it: the process is lost with
+        // its container, which reads 255 as when the VM ends under it.
+        Err(e) => {
+            eprintln!("husk: exec: the container's monitor went away: {e:#}");
+            Ok(255)
+        }
     }
 }
 

@@ -5,8 +5,9 @@
 //! one per container; stdio relays ([`stdio`], [`tty`]),
 //! signal forwarding ([`signals`]), the VM's size ([`sizing`]), its network
 //! namespace ([`netns`]) and the network carried from it into the VM
-//! ([`network`]), where its sockets live ([`socket_dir`]), and the control
-//! socket the other commands use ([`control`]).
+//! ([`network`]), where its sockets live ([`socket_dir`]), the control
+//! socket the other commands use ([`control`]), and what a killed monitor
+//! left running ([`strays`]).
 
 pub mod agent_mux;
 pub mod control;
@@ -22,4 +23,5 @@ pub mod signals;
 pub mod sizing;
 pub mod socket_dir;
 pub mod stdio;
+pub mod strays;
 pub mod tty;
