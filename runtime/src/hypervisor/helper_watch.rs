@@ -1,8 +1,10 @@
 //! A VM outlives none of its helpers. Without virtiofsd the guest has lost
 //! its files, and without the vsock backend the runtime has lost its
 //! channel: the VM cannot go on. A watcher thread holds a pidfd of every
-//! helper and of the VMM. When a helper ends while the VM runs, it kills
-//! the VMM (through its pidfd, so a reused pid is never hit). The runtime
+//! helper and of the VMM. When a helper ends while the VM runs and the VMM
+//! does not end by itself soon after (as it does when it shuts down and
+//! closes their sockets), it kills the VMM (through its pidfd, so a reused
+//! pid is never hit). The runtime
 //! then sees the VM end as it sees a VMM crash: the agent connection
 //! closes, and the container stops with 255.
 
@@ -10,8 +12,13 @@ use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use super::VmExit;
+
+/// How long a VMM whose helper ended may take to end by itself (it is
+/// shutting down) before the watcher ends it.
+const VMM_EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// The watcher of one VM's helpers; stopping it (or dropping it) comes
 /// before stopping the VM.
@@ -141,8 +148,34 @@ fn wait_for_a_helper(
             return None;
         }
         if let Some(i) = fds[..watched.len()].iter().position(|p| p.revents != 0) {
+            // A VMM on its way out closes its vhost-user sockets before it
+            // exits, and the helpers end at that: that is no cause.
+            if ends_within(vmm, woken, VMM_EXIT_GRACE) {
+                return None;
+            }
             let (name, pid, _) = &watched[i];
             return Some(format!("{name} (pid {pid}) ended while the VM ran"));
+        }
+    }
+}
+
+/// True if the VMM ends (or `woken` is written) within `grace`.
+fn ends_within(vmm: &OwnedFd, woken: &OwnedFd, grace: Duration) -> bool {
+    let mut fds = [vmm.as_raw_fd(), woken.as_raw_fd()].map(|fd| libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    });
+    let deadline = Instant::now() + grace;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // SAFETY: poll on our own array of pollfds, which outlives the call.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), 2, left.as_millis() as libc::c_int) };
+        if n > 0 {
+            return true;
+        }
+        if n == 0 || io::Error::last_os_error().kind() != io::ErrorKind::Interrupted {
+            return false;
         }
     }
 }
@@ -151,7 +184,6 @@ fn wait_for_a_helper(
 mod tests {
     use super::*;
     use std::process::{Child, Command};
-    use std::time::{Duration, Instant};
 
     fn sleeper() -> Child {
         Command::new("sleep").arg("1000").spawn().unwrap()
@@ -190,6 +222,23 @@ mod tests {
         );
         other.kill().unwrap();
         other.wait().unwrap();
+    }
+
+    #[test]
+    fn a_helper_ending_as_its_vmm_shuts_down_is_no_cause() {
+        let (mut vmm, mut helper) = (sleeper(), sleeper());
+        let watch = HelperWatch::start(&[("virtiofsd", helper.id())], vmm.id()).unwrap();
+
+        // The VMM closes the helper's socket, the helper ends, the VMM
+        // exits a moment later.
+        helper.kill().unwrap();
+        helper.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(300));
+        vmm.kill().unwrap();
+        vmm.wait().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+
+        assert_eq!(watch.ended(), None);
     }
 
     #[test]
