@@ -211,6 +211,10 @@ pub struct ContainerSpec {
     /// `linux.devices`, made in the container's `/dev`.
     #[serde(default)]
     pub devices: Vec<crate::oci::Device>,
+    /// `linux.rootfsPropagation` (`rshared`, `private`, ...), for the
+    /// container's `/`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_propagation: Option<String>,
 }
 
 /// Everything the guest sends.
@@ -448,6 +452,7 @@ mod tests {
                     uid: None,
                     gid: Some(5),
                 }],
+                rootfs_propagation: Some("rshared".into()),
             })),
             Request::CreateSandbox(Box::new(SandboxSpec {
                 hostname: Some("pod".into()),

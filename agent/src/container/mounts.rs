@@ -168,6 +168,16 @@ pub fn setup_rootfs(spec: &ContainerSpec, share_root: &Path) -> Result<()> {
             .with_context(|| format!("mounts[{index}] ({})", m.destination))?;
     }
     pivot_into(&rootfs)?;
+    if let Some(propagation) = &spec.rootfs_propagation {
+        // Set on the new root after the pivot, which needs a root that is
+        // not shared; until then the namespace's mounts are the guest's
+        // slaves.
+        let Some(OptionEffect::Propagation(flags)) = option_effect(propagation) else {
+            bail!("linux.rootfsPropagation: unknown propagation {propagation:?}");
+        };
+        mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
+            .with_context(|| format!("making / {propagation} (linux.rootfsPropagation)"))?;
+    }
     make_default_devices()?;
     for (index, device) in spec.devices.iter().enumerate() {
         make_device(device).with_context(|| format!("linux.devices[{index}] ({})", device.path))?;

@@ -49,6 +49,9 @@ fn full_spec() -> Value {
                 "pids": {"limit": 100}
             },
             "cgroupsPath": "/husk/corpus",
+            "rootfsPropagation": "rslave",
+            "devices": [{"path": "/dev/fuse", "type": "c", "major": 10, "minor": 229,
+                         "fileMode": 438, "uid": 0, "gid": 0}],
             "maskedPaths": ["/proc/kcore"],
             "readonlyPaths": ["/proc/sys"],
             "sysctl": {"net.ipv4.ip_forward": "1"},

@@ -24,6 +24,18 @@ pub const MOUNT_TYPES: &[&str] = &[
 /// Namespaces the guest can make (`user` and `time` are not supported).
 pub const NAMESPACES: &[&str] = &["pid", "mount", "uts", "ipc", "network", "cgroup"];
 
+/// The values of `linux.rootfsPropagation` (runc's table).
+pub const PROPAGATIONS: &[&str] = &[
+    "shared",
+    "rshared",
+    "slave",
+    "rslave",
+    "private",
+    "rprivate",
+    "unbindable",
+    "runbindable",
+];
+
 /// A bundle's config.json.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -132,6 +144,9 @@ pub struct Linux {
     /// Device nodes made in the container's `/dev`.
     #[serde(default)]
     pub devices: Vec<Device>,
+    /// The propagation of the container's `/`.
+    #[serde(default)]
+    pub rootfs_propagation: Option<String>,
 }
 
 /// One entry of `linux.namespaces`.
@@ -448,6 +463,17 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
         for (i, device) in linux.devices.iter().enumerate() {
             check_device(device)
                 .map_err(|(field, message)| (format!("linux.devices[{i}].{field}"), message))?;
+        }
+        if let Some(propagation) = &linux.rootfs_propagation {
+            if !PROPAGATIONS.contains(&propagation.as_str()) {
+                return Err((
+                    "linux.rootfsPropagation".into(),
+                    format!(
+                        "unknown propagation {propagation:?} (one of {})",
+                        PROPAGATIONS.join(", ")
+                    ),
+                ));
+            }
         }
         for (i, ns) in linux.namespaces.iter().enumerate() {
             if !NAMESPACES.contains(&ns.kind.as_str()) && ns.kind != "user" && ns.kind != "time" {

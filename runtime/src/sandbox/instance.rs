@@ -253,6 +253,7 @@ impl Sandbox {
             seccomp: linux.seccomp.clone(),
             resources: linux.resources.clone().unwrap_or_default(),
             devices: linux.devices.clone(),
+            rootfs_propagation: linux.rootfs_propagation.clone(),
         };
         let created = self
             .start_outputs(init, container.io, container.on_exit)
