@@ -80,6 +80,16 @@ fn status(cli: &Cli, id: &str) -> String {
         .unwrap_or_else(|| format!("no state: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
+/// husk with `args` started in the background, its stdio on /dev/null.
+fn spawned<const N: usize>(cli: &Cli, args: [&str; N]) -> std::process::Child {
+    cli.husk(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting husk {args:?}: {e}"))
+}
+
 fn kill9(pid: u32) {
     // SAFETY: kill takes no pointers; the pid is the test's own.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -102,21 +112,7 @@ fn one_fault(cli: &Cli, victim: Victim, when: When) -> Vec<String> {
         Some(pid) => kill9(pid),
         None => failures.push(format!("{id}: no {victim:?} under monitor {monitor}")),
     }
-
-    if !eventually(|| status(cli, &id) == "stopped") {
-        failures.push(format!("{id}: reads {:?}, not stopped", status(cli, &id)));
-    }
-    if !eventually(|| !husk_tests::process_exists(monitor)) {
-        failures.push(format!("{id}: the monitor {monitor} still runs"));
-    }
-    let delete = cli.output(["delete", "--force", &id]);
-    if !delete.status.success() {
-        failures.push(format!(
-            "{id}: delete --force: {}",
-            String::from_utf8_lossy(&delete.stderr)
-        ));
-    }
-    failures.extend(left_behind(cli, &id));
+    failures.extend(ends_stopped_and_deletes(cli, &id, monitor));
     failures
 }
 
@@ -177,13 +173,7 @@ fn run_exits_255_when_its_vm_loses_a_process() {
     for victim in victims().into_iter().filter(|&v| v != Victim::Monitor) {
         let id = format!("run-{victim:?}").to_lowercase();
         let bundle = cli.bundle(&["sleep", "1000"]);
-        let mut run = cli
-            .husk(["run", "--bundle", &bundle.path(), &id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting husk run");
+        let mut run = spawned(&cli, ["run", "--bundle", &bundle.path(), &id]);
         let running = eventually(|| status(&cli, &id) == "running");
         let monitor = cli.state(&id)["pid"].as_i64().unwrap_or(0) as u32;
         match pid_of(victim, monitor) {
@@ -241,13 +231,7 @@ fn an_exec_ends_with_255_when_its_vm_loses_a_process() {
         let id = format!("exec-{victim:?}").to_lowercase();
         let sleeper = cli.bundle(&["sleep", "1000"]);
         let monitor = started(&cli, &id, &sleeper);
-        let mut exec = cli
-            .husk(["exec", &id, "sleep", "1000"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting husk exec");
+        let mut exec = spawned(&cli, ["exec", &id, "sleep", "1000"]);
         // `ps` lists the guest's processes: a header, the sleeper, the exec.
         let exec_runs = eventually(|| {
             let ps = cli.output(["ps", &id]);
@@ -297,13 +281,7 @@ fn a_create_killed_midway_leaves_what_delete_removes() {
     ] {
         let id = format!("create-{step:?}").to_lowercase();
         let bundle = cli.bundle(&["sleep", "1000"]);
-        let mut create = cli
-            .husk(["create", "--bundle", &bundle.path(), &id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting husk create");
+        let mut create = spawned(&cli, ["create", "--bundle", &bundle.path(), &id]);
         let state = cli.root.path().join(&id).join("state.json");
         let reached = |cli: &Cli| match step {
             CreateStep::StateWritten => state.exists(),
@@ -361,13 +339,7 @@ fn a_delete_killed_midway_is_finished_by_the_next() {
         bundle.config["hooks"]["poststop"] = slow_poststop.clone();
         bundle.write();
         let monitor = started(&cli, &id, &bundle);
-        let mut delete = cli
-            .husk(["delete", "--force", &id])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("starting husk delete");
+        let mut delete = spawned(&cli, ["delete", "--force", &id]);
         std::thread::sleep(after);
         match delete.try_wait() {
             Ok(None) => kill9(delete.id()),
@@ -398,13 +370,7 @@ fn a_guest_kernel_panic_stops_the_container_with_255() {
     };
 
     let bundle = writable_sysrq(&["sh", "-c", crash]);
-    let mut run = cli
-        .husk(["run", "--bundle", &bundle.path(), "panic-in-run"])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("starting husk run");
+    let mut run = spawned(&cli, ["run", "--bundle", &bundle.path(), "panic-in-run"]);
     let code = wait_exit(&mut run);
     if code != Some(255) {
         failures.push(format!(
