@@ -177,6 +177,13 @@ pub fn setup_rootfs(spec: &ContainerSpec, share_root: &Path) -> Result<()> {
         };
         mount(None::<&str>, "/", None::<&str>, flags, None::<&str>)
             .with_context(|| format!("making / {propagation} (linux.rootfsPropagation)"))?;
+        // A recursive change reached the spec's mounts: their own
+        // propagation goes last, as runc's order (root first) has it.
+        for (index, m) in spec.mounts.iter().enumerate() {
+            let target = resolve_in_root(Path::new("/"), &m.destination)?;
+            set_propagation(&target, &parse_options(&m.options).propagation)
+                .with_context(|| format!("mounts[{index}] ({})", m.destination))?;
+        }
     }
     make_default_devices()?;
     for (index, device) in spec.devices.iter().enumerate() {
@@ -265,15 +272,14 @@ fn mount_one(rootfs: &Path, share_root: &Path, m: &Mount) -> Result<()> {
             (Err(e), _) => return Err(e).with_context(|| format!("mounting {fstype} ({source})")),
         }
     }
-    for propagation in &opts.propagation {
-        mount(
-            None::<&str>,
-            &target,
-            None::<&str>,
-            *propagation,
-            None::<&str>,
-        )
-        .context("setting mount propagation")?;
+    set_propagation(&target, &opts.propagation)
+}
+
+/// Applies a mount's propagation changes, in order.
+fn set_propagation(target: &Path, changes: &[MsFlags]) -> Result<()> {
+    for propagation in changes {
+        mount(None::<&str>, target, None::<&str>, *propagation, None::<&str>)
+            .context("setting mount propagation")?;
     }
     Ok(())
 }
