@@ -70,7 +70,7 @@ step "build"
 cargo build --quiet --locked --workspace
 suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
 suite netlink cargo test --locked -p husk-netlink --test kernel -- --test-threads=2
-for e2e in boot cli faults network podman engines cri; do
+for e2e in boot cli faults load network podman engines cri; do
     suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
 done
 

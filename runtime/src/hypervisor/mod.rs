@@ -136,7 +136,10 @@ impl VmConfig {
 
     /// The kernel command line every backend passes (before the
     /// backend's own device entries): serial console, reset on reboot and on
-    /// panic (the agent ends the VM with a reboot), quiet boot.
+    /// panic (the agent ends the VM with a reboot), quiet boot, and no
+    /// IO-APIC timer check: it counts timer ticks during a short busy wait,
+    /// which a loaded host (fifty TCG guests booting at once) misses, and
+    /// the guest panicked with "IO-APIC + timer doesn't work".
     pub fn base_cmdline(&self) -> Vec<String> {
         let mut args: Vec<String> = [
             "console=ttyS0",
@@ -145,6 +148,7 @@ impl VmConfig {
             "quiet",
             "8250.nr_uarts=1",
             "tsc=reliable",
+            "no_timer_check",
         ]
         .map(String::from)
         .to_vec();
