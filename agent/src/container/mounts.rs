@@ -278,8 +278,14 @@ fn mount_one(rootfs: &Path, share_root: &Path, m: &Mount) -> Result<()> {
 /// Applies a mount's propagation changes, in order.
 fn set_propagation(target: &Path, changes: &[MsFlags]) -> Result<()> {
     for propagation in changes {
-        mount(None::<&str>, target, None::<&str>, *propagation, None::<&str>)
-            .context("setting mount propagation")?;
+        mount(
+            None::<&str>,
+            target,
+            None::<&str>,
+            *propagation,
+            None::<&str>,
+        )
+        .context("setting mount propagation")?;
     }
     Ok(())
 }
