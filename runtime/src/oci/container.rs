@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Result};
 
-use crate::oci::spec::{Bundle, SpecError};
+use crate::oci::spec::{Bundle, SpecError, CAPTURED_SPEC};
 use crate::oci::state::{check_id, process_alive, Record, Status};
 use crate::sandbox::control::{ControlClient, ControlReply, ControlRequest};
 
@@ -76,8 +76,12 @@ impl Container {
         }
     }
 
-    /// The bundle with the spec captured at create.
+    /// The bundle with the spec captured at create (a container created
+    /// before husk captured it reads the bundle's config.json).
     pub fn bundle(&self) -> Result<Bundle, SpecError> {
+        if !self.dir.join(CAPTURED_SPEC).exists() {
+            return Bundle::load(&self.record.bundle);
+        }
         Bundle::load_captured(&self.record.bundle, &self.dir)
     }
 
