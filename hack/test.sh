@@ -70,9 +70,11 @@ step "build"
 cargo build --quiet --locked --workspace
 suite unit cargo test --locked --workspace --lib --bins -- --test-threads=2
 suite netlink cargo test --locked -p husk-netlink --test kernel -- --test-threads=2
-for e2e in boot cli faults load network podman engines cri; do
+for e2e in boot cli faults network podman engines cri; do
     suite "$e2e" cargo test --locked -p husk-tests --test "$e2e" -- --test-threads=2
 done
+# One load at a time, so each measures only itself; the figures are printed.
+suite load cargo test --locked -p husk-tests --test load -- --test-threads=1 --nocapture
 
 step "builtin backend: boot, cli, faults, network, builtin and pod suites with real KVM"
 declare -A binary=()
