@@ -369,7 +369,9 @@ write_run_initrd() {
 # QEMU exited by itself, 1 after a silence of $silence s, 2 at the deadline.
 boot_once() {
     local serial="$run_dir/serial.log" offset=0 size last_output=$SECONDS i
-    local qemu=(qemu-system-x86_64 -accel tcg -cpu max -m 2048 -smp 1 -M pc
+    # 4 GiB: the scratch tmpfs and every nested guest live in it; with 2 GiB
+    # the outer guest had touched all of it a few minutes into the suites.
+    local qemu=(qemu-system-x86_64 -accel tcg -cpu max -m 4096 -smp 1 -M pc
         -nographic -no-reboot -nodefaults -serial stdio
         -kernel "$testhost_dir/kernel" -initrd "$run_dir/initrd.img"
         -append "console=ttyS0 panic=-1 quiet"
