@@ -89,47 +89,64 @@ for name in boot cli faults network builtin cri; do
         exit 1
     fi
 done
-# A pod of two containers (start, exec, stop) through CRI on the builtin
-# backend: the test host's stock modules have no netfilter NAT, so the pod
-# network is a bridge alone.
-builtin_suites=$repo/target/husk/builtin-suites.sh
-cat >"$builtin_suites" <<SUITES
-set -e
-kills_before=\$(dmesg | grep 'type=1326' | grep -cE 'exe="[^"]*/(husk-vmm|qemu-system-x86_64|vhost-device-vsock|virtiofsd)"' || true)
-for suite in ${binary[boot]} ${binary[cli]} ${binary[faults]} ${binary[network]} \
-    ${binary[builtin]}; do
-    echo "=== \$suite"
-    "\$suite" --test-threads=1
-done
+# Two test-host boots, each short enough for its watchdog's retry to fit
+# in its timeout: the CLI-level suites, then the network, device and pod
+# ones. Each fails on a seccomp kill of a VM process in its own dmesg.
+write_builtin_suites() {
+    local script=$1 pods=$2
+    shift 2
+    {
+        echo 'set -e'
+        echo "kills_before=\$(dmesg | grep 'type=1326' | grep -cE 'exe=\"[^\"]*/(husk-vmm|qemu-system-x86_64|vhost-device-vsock|virtiofsd)\"' || true)"
+        for suite in "$@"; do
+            printf 'echo "=== %s"\n%s --test-threads=1\n' "$suite" "$suite"
+        done
+        if [[ $pods == pods ]]; then
+            cat <<SUITES
 echo "=== ${binary[cri]} cri_with_husk (pods)"
 HUSK_CRI_NETWORK=bridge \\
     HUSK_CRI_SCENARIOS=pod-with-two-containers,exec-sync-and-streaming-exec,stop-and-remove-leave-nothing \\
     ${binary[cri]} cri_with_husk --test-threads=1
+SUITES
+        fi
+        cat <<'SUITES'
 # A jailed monitor killed by its filter (at shutdown, say) can go unseen by
 # the tests; the kernel logs every such kill.
 echo "=== seccomp kills of VM processes during the suites"
-kills=\$(dmesg | grep 'type=1326' | grep -E 'exe="[^"]*/(husk-vmm|qemu-system-x86_64|vhost-device-vsock|virtiofsd)"' || true)
-if [ "\$(printf '%s' "\$kills" | grep -c .)" -gt "\$kills_before" ]; then
-    printf '%s\n' "\$kills" >&2
+kills=$(dmesg | grep 'type=1326' | grep -E 'exe="[^"]*/(husk-vmm|qemu-system-x86_64|vhost-device-vsock|virtiofsd)"' || true)
+if [ "$(printf '%s' "$kills" | grep -c .)" -gt "$kills_before" ]; then
+    printf '%s\n' "$kills" >&2
     echo "test.sh: a seccomp filter killed a VM process (above)" >&2
     exit 1
 fi
 echo "none"
 SUITES
-if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc/cpuinfo; then
-    suite builtin env HUSK_TEST_CONFIG="$builtin_config" sh "$builtin_suites"
-else
-    echo "test.sh: /dev/kvm here is not hardware KVM; running the suites in the KVM test host" >&2
-    # The test host sees the host's / read-only but has its own empty /tmp,
-    # /run and /var/tmp: a checkout there is shared explicitly.
-    share=()
-    case $repo/ in /tmp/* | /run/* | /var/tmp/*) share=(--writable "$repo") ;; esac
-    # libcni writes its cache in /var/lib/cni, whatever containerd's config.
-    mkdir -p /var/lib/cni
-    suite builtin hack/kvm-testhost.sh --silence 180 "${share[@]}" --scratch /var/lib/cni \
-        --env "HUSK_TEST_CONFIG=$builtin_config" --env "HUSK_TEST_NO_SKIP=1" \
-        --env "HUSK_TEST_IMAGES=$HUSK_TEST_IMAGES" -- sh "$builtin_suites"
-fi
+    } >"$script"
+}
+# A pod of two containers (start, exec, stop) through CRI on the builtin
+# backend: the test host's stock modules have no netfilter NAT, so the pod
+# network is a bridge alone.
+write_builtin_suites "$repo/target/husk/builtin-suites-1.sh" no-pods \
+    "${binary[boot]}" "${binary[cli]}" "${binary[faults]}"
+write_builtin_suites "$repo/target/husk/builtin-suites-2.sh" pods \
+    "${binary[network]}" "${binary[builtin]}"
+for part in 1 2; do
+    builtin_suites=$repo/target/husk/builtin-suites-$part.sh
+    if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc/cpuinfo; then
+        suite "builtin-$part" env HUSK_TEST_CONFIG="$builtin_config" sh "$builtin_suites"
+    else
+        echo "test.sh: /dev/kvm here is not hardware KVM; running the suites in the KVM test host" >&2
+        # The test host sees the host's / read-only but has its own empty
+        # /tmp, /run and /var/tmp: a checkout there is shared explicitly.
+        share=()
+        case $repo/ in /tmp/* | /run/* | /var/tmp/*) share=(--writable "$repo") ;; esac
+        # libcni writes its cache in /var/lib/cni, whatever containerd's config.
+        mkdir -p /var/lib/cni
+        suite "builtin-$part" hack/kvm-testhost.sh --silence 180 "${share[@]}" --scratch /var/lib/cni \
+            --env "HUSK_TEST_CONFIG=$builtin_config" --env "HUSK_TEST_NO_SKIP=1" \
+            --env "HUSK_TEST_IMAGES=$HUSK_TEST_IMAGES" -- sh "$builtin_suites"
+    fi
+done
 
 step "leftovers"
 leftover=$(pgrep -a -f 'husk-(check|bench)-|/tmp/\.tmp[^ ]*/(virtiofsd|vhost-vsock|vsock)\.sock|sandbox-monitor|/tmp/husk-root-|husk-(podman|docker|containerd|cri)-|/run/husk-sockets/' || true)
