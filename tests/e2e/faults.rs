@@ -116,6 +116,17 @@ fn one_fault(cli: &Cli, victim: Victim, when: When) -> Vec<String> {
     failures
 }
 
+/// `delete --force` of `id`; the failure, named by `label`, if it fails.
+fn delete_force(cli: &Cli, id: &str, label: &str) -> Option<String> {
+    let delete = cli.output(["delete", "--force", id]);
+    (!delete.status.success()).then(|| {
+        format!(
+            "{label}: delete --force: {}",
+            String::from_utf8_lossy(&delete.stderr)
+        )
+    })
+}
+
 /// What is left of container `id` after its delete: processes naming the
 /// root on their command line (the monitor, the VM's processes), mounts
 /// under the root, its state directory.
@@ -211,13 +222,7 @@ fn ends_stopped_and_deletes(cli: &Cli, id: &str, monitor: u32) -> Vec<String> {
     if !eventually(|| !husk_tests::process_exists(monitor)) {
         failures.push(format!("{id}: the monitor {monitor} still runs"));
     }
-    let delete = cli.output(["delete", "--force", id]);
-    if !delete.status.success() {
-        failures.push(format!(
-            "{id}: delete --force: {}",
-            String::from_utf8_lossy(&delete.stderr)
-        ));
-    }
+    failures.extend(delete_force(cli, id, id));
     failures.extend(left_behind(cli, id));
     failures
 }
@@ -309,13 +314,7 @@ fn a_create_killed_midway_leaves_what_delete_removes() {
         if seen == "running" {
             failures.push(format!("{id}: reads running after a killed create"));
         }
-        let delete = cli.output(["delete", "--force", &id]);
-        if !delete.status.success() {
-            failures.push(format!(
-                "{id} ({seen}): delete --force: {}",
-                String::from_utf8_lossy(&delete.stderr)
-            ));
-        }
+        failures.extend(delete_force(&cli, &id, &format!("{id} ({seen})")));
         failures.extend(left_behind(&cli, &id));
     }
 
@@ -353,13 +352,7 @@ fn a_delete_killed_midway_is_finished_by_the_next() {
         if seen != "running" && seen != "stopped" {
             failures.push(format!("{id}: reads {seen:?} after a killed delete"));
         }
-        let again = cli.output(["delete", "--force", &id]);
-        if !again.status.success() {
-            failures.push(format!(
-                "{id} ({seen}): delete --force: {}",
-                String::from_utf8_lossy(&again.stderr)
-            ));
-        }
+        failures.extend(delete_force(&cli, &id, &format!("{id} ({seen})")));
         if !eventually(|| !husk_tests::process_exists(monitor)) {
             failures.push(format!("{id}: the monitor {monitor} still runs"));
         }
