@@ -765,6 +765,88 @@ fn the_monitor_joins_the_host_cgroups_path_and_delete_removes_it() {
 }
 
 #[test]
+fn the_host_cgroup_carries_the_limits_as_the_vms_envelope() {
+    use husk::sandbox::host_cgroup::envelope::{envelope_bytes, HOST_TASKS};
+    let cli = cli_or_skip!();
+    let mut bundle = cli.bundle(&["sleep", "1000"]);
+    let cgroup = format!("husk-envelope-{}", std::process::id());
+    bundle.config["linux"]["cgroupsPath"] = format!("/{cgroup}").into();
+    let limit: i64 = 64 << 20;
+    bundle.config["linux"]["resources"] = serde_json::json!({
+        "memory": {"limit": limit, "reservation": 32 << 20},
+        "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
+        "pids": {"limit": 40}
+    });
+    bundle.write();
+
+    assert!(cli.detached(["run", "-d", "--bundle", &bundle.path(), "envelope"]));
+    let pid = cli.state("envelope")["pid"].as_i64().unwrap().to_string();
+    let envelope = envelope_bytes(limit).to_string();
+    let pids = (40 + HOST_TASKS).to_string();
+    // Each limit where runc puts it: v1 files on a v1 host, v2 in the test
+    // host; whichever hierarchy holds a file, its value is the envelope.
+    let expected = [
+        ("memory.limit_in_bytes", envelope.as_str()),
+        ("memory.soft_limit_in_bytes", "33554432"),
+        ("cpu.shares", "512"),
+        ("cpu.cfs_quota_us", "50000"),
+        ("memory.max", envelope.as_str()),
+        ("memory.low", "33554432"),
+        ("cpu.weight", "20"),
+        ("cpu.max", "50000 100000"),
+        ("cpuset.cpus", "0"),
+        ("pids.max", pids.as_str()),
+    ];
+    let mut found = Vec::new();
+    let mut wrong = Vec::new();
+    let mut holds_monitor = false;
+    for h in husk::sandbox::host_cgroup::hierarchies() {
+        let dir = h.join(&cgroup);
+        let procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+        holds_monitor |= procs.lines().any(|l| l == pid);
+        for (file, value) in expected {
+            if let Ok(text) = std::fs::read_to_string(dir.join(file)) {
+                found.push(file);
+                if text.trim() != value {
+                    wrong.push(format!(
+                        "{}: {:?}, not {value:?}",
+                        dir.join(file).display(),
+                        text.trim()
+                    ));
+                }
+            }
+        }
+    }
+    assert!(cli
+        .output(["delete", "--force", "envelope"])
+        .status
+        .success());
+
+    assert!(
+        holds_monitor,
+        "the monitor {pid} is in no hierarchy's {cgroup}"
+    );
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    // Memory, CPU, cpuset and pids, in one version or the other.
+    for group in [
+        ["memory.limit_in_bytes", "memory.max"],
+        ["memory.soft_limit_in_bytes", "memory.low"],
+        ["cpu.cfs_quota_us", "cpu.max"],
+        ["cpu.shares", "cpu.weight"],
+        ["cpuset.cpus", "cpuset.cpus"],
+        ["pids.max", "pids.max"],
+    ] {
+        assert!(
+            group.iter().any(|f| found.contains(f)),
+            "no hierarchy has {group:?} under {cgroup} (found {found:?})"
+        );
+    }
+    for h in husk::sandbox::host_cgroup::hierarchies() {
+        assert!(!h.join(&cgroup).exists(), "{} left", h.display());
+    }
+}
+
+#[test]
 fn the_workload_starts_with_default_signal_handling() {
     let cli = cli_or_skip!();
     let bundle = cli.bundle(&[

@@ -222,6 +222,96 @@ pub struct Resources {
     /// `pids`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pids: Option<PidsResources>,
+    /// `blockIO`: applied on the host only (the VM's disk I/O is its
+    /// virtio-fs server's).
+    #[serde(default, rename = "blockIO", skip_serializing_if = "Option::is_none")]
+    pub block_io: Option<BlockIo>,
+    /// `hugepageLimits`: applied on the host only.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub hugepage_limits: Vec<HugepageLimit>,
+}
+
+/// `linux.resources.blockIO`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BlockIo {
+    /// Relative weight, 10 to 1000.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+    /// Per-device weights.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub weight_device: Vec<WeightDevice>,
+    /// Read bytes per second, per device.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub throttle_read_bps_device: Vec<ThrottleDevice>,
+    /// Write bytes per second, per device.
+    #[serde(
+        default,
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub throttle_write_bps_device: Vec<ThrottleDevice>,
+    /// Read operations per second, per device.
+    #[serde(
+        default,
+        rename = "throttleReadIOPSDevice",
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub throttle_read_iops_device: Vec<ThrottleDevice>,
+    /// Write operations per second, per device.
+    #[serde(
+        default,
+        rename = "throttleWriteIOPSDevice",
+        deserialize_with = "null_as_empty",
+        skip_serializing_if = "Vec::is_empty"
+    )]
+    pub throttle_write_iops_device: Vec<ThrottleDevice>,
+}
+
+/// A `blockIO.weightDevice` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WeightDevice {
+    /// The device's major number.
+    pub major: i64,
+    /// The device's minor number.
+    pub minor: i64,
+    /// Its weight.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub weight: Option<u16>,
+}
+
+/// A `blockIO.throttle*Device` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ThrottleDevice {
+    /// The device's major number.
+    pub major: i64,
+    /// The device's minor number.
+    pub minor: i64,
+    /// Bytes or operations per second.
+    pub rate: u64,
+}
+
+/// A `hugepageLimits` entry.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HugepageLimit {
+    /// The page size, as the kernel names it (`2MB`, `1GB`).
+    pub page_size: String,
+    /// Bytes of huge pages.
+    pub limit: u64,
 }
 
 /// `linux.resources.memory`.
@@ -236,6 +326,9 @@ pub struct MemoryResources {
     /// Soft limit in bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reservation: Option<i64>,
+    /// Swap tendency, 0 to 100 (cgroup v1 only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub swappiness: Option<u64>,
 }
 
 /// `linux.resources.cpu`.

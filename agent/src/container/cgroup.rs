@@ -267,6 +267,7 @@ mod tests {
                 limit: Some(0),
                 reservation: Some(0),
                 swap: Some(0),
+                ..Default::default()
             }),
             cpu: Some(CpuResources {
                 quota: Some(0),
@@ -275,6 +276,7 @@ mod tests {
                 ..Default::default()
             }),
             pids: Some(PidsResources { limit: 100 }),
+            ..Default::default()
         };
 
         let files = limit_files(&resources, 4);
@@ -305,6 +307,7 @@ mod tests {
                 limit: Some(64 << 20),
                 swap: Some(128 << 20),
                 reservation: None,
+                ..Default::default()
             }),
             cpu: Some(CpuResources {
                 quota: Some(50_000),
@@ -313,6 +316,7 @@ mod tests {
                 ..Default::default()
             }),
             pids: Some(PidsResources { limit: -1 }),
+            ..Default::default()
         };
 
         let files = limit_files(&resources, 4);

@@ -125,7 +125,7 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         .as_deref()
         .and_then(host_cgroup::relative_path)
     {
-        let (_, refused) = host_cgroup::join(&relative);
+        let (_, refused) = host_cgroup::join(&relative, linux.resources.as_ref());
         for why in refused {
             log(&args.dir, &format!("host cgroup not joined: {why}"));
         }

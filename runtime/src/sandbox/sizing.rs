@@ -26,11 +26,14 @@ pub fn memory_mib(resources: Option<&Resources>, default_mib: u32) -> u32 {
         .filter(|l| *l > 0);
     match limit {
         None => default_mib,
-        Some(bytes) => {
-            let mib = (bytes as u64).div_ceil(1 << 20).min(u32::MAX as u64 / 2) as u32;
-            (mib + MEMORY_OVERHEAD_MIB).max(MIN_MEMORY_MIB)
-        }
+        Some(bytes) => memory_mib_for_limit(bytes as u64),
     }
+}
+
+/// Guest memory for a container memory limit of `bytes`.
+pub fn memory_mib_for_limit(bytes: u64) -> u32 {
+    let mib = bytes.div_ceil(1 << 20).min(u32::MAX as u64 / 2) as u32;
+    (mib + MEMORY_OVERHEAD_MIB).max(MIN_MEMORY_MIB)
 }
 
 /// vCPUs for the quota or cpuset, or `default_vcpus` without either,

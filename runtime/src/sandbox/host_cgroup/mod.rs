@@ -5,10 +5,18 @@
 //! Both layouts are handled: cgroup v2 and v1 hierarchies (this host is a
 //! v1 + v2 hybrid), and the systemd form `slice:prefix:name` of the path,
 //! which maps to `/slice/prefix-name.scope` as runc's systemd driver does.
-//! Joining is best effort: a hierarchy that refuses is skipped and logged.
+//! The container's limits are written there as the VM's envelope
+//! ([`envelope`]). Joining is best effort: a hierarchy (or a limit) the
+//! host refuses is skipped and logged.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+
+use husk_protocol::oci::Resources;
+
+pub mod envelope;
+
+use envelope::Version;
 
 /// The cgroup path a spec's `cgroupsPath` names, relative to a hierarchy root.
 pub fn relative_path(cgroups_path: &str) -> Option<PathBuf> {
@@ -36,32 +44,89 @@ pub fn relative_path(cgroups_path: &str) -> Option<PathBuf> {
 
 /// The mount points of cgroup hierarchies (v1 and v2).
 pub fn hierarchies() -> Vec<PathBuf> {
+    mounted().into_iter().map(|(point, _)| point).collect()
+}
+
+/// The cgroup hierarchies with their versions.
+fn mounted() -> Vec<(PathBuf, Version)> {
     // A v1 hierarchy without controllers (name=systemd) is kept too.
     crate::sandbox::share::mount_table()
         .into_iter()
-        .filter(|(_, fstype)| fstype == "cgroup" || fstype == "cgroup2")
-        .map(|(point, _)| point)
+        .filter_map(|(point, fstype)| match fstype.as_str() {
+            "cgroup" => Some((point, Version::V1)),
+            "cgroup2" => Some((point, Version::V2)),
+            _ => None,
+        })
         .collect()
 }
 
-/// Creates the cgroup in every hierarchy and moves this process into it.
-/// Returns the directories created (for `delete` to remove) and the
-/// hierarchies that refused, with why.
-pub fn join(relative: &Path) -> (Vec<PathBuf>, Vec<String>) {
+/// Creates the cgroup in every hierarchy, writes the envelope of
+/// `resources` there ([`envelope`]) and moves this process into it.
+/// Returns the directories created (for `delete` to remove) and what the
+/// host refused (a hierarchy, or one limit), with why: joining and each
+/// limit are best effort, so a host without a controller still runs the
+/// container, its guest enforcing the limits alone.
+pub fn join(relative: &Path, resources: Option<&Resources>) -> (Vec<PathBuf>, Vec<String>) {
     let mut joined = Vec::new();
     let mut refused = Vec::new();
     let pid = std::process::id().to_string();
-    for root in hierarchies() {
+    for (root, version) in mounted() {
         let dir = root.join(relative);
+        let limits = resources.map_or_else(Vec::new, |r| envelope::files(r, version));
         let result = fs::create_dir_all(&dir)
-            .and_then(|_| prepare_cpuset(&root, &dir))
-            .and_then(|_| fs::write(dir.join("cgroup.procs"), &pid));
+            .and_then(|_| match version {
+                Version::V1 => prepare_cpuset(&root, &dir),
+                Version::V2 if limits.is_empty() => Ok(()),
+                Version::V2 => enable_controllers(&root, &dir, &mut refused),
+            })
+            .and_then(|_| {
+                for (file, value) in &limits {
+                    let path = dir.join(file);
+                    // Absent: a controller this hierarchy does not have.
+                    if path.exists() {
+                        if let Err(e) = fs::write(&path, value) {
+                            refused.push(format!("{} = {value:?}: {e}", path.display()));
+                        }
+                    }
+                }
+                fs::write(dir.join("cgroup.procs"), &pid)
+            });
         match result {
             Ok(()) => joined.push(dir),
             Err(e) => refused.push(format!("{}: {e}", dir.display())),
         }
     }
     (joined, refused)
+}
+
+/// The v2 controllers the envelope uses.
+const V2_CONTROLLERS: [&str; 6] = ["cpu", "cpuset", "io", "memory", "pids", "hugetlb"];
+
+/// Enables the envelope's controllers (those the root offers) in every
+/// ancestor of `dir` below and including `root`, as runc's v2 driver does:
+/// a v2 cgroup has a controller's files only when its parent delegates it.
+/// A controller the host will not delegate is noted in `refused`.
+fn enable_controllers(root: &Path, dir: &Path, refused: &mut Vec<String>) -> std::io::Result<()> {
+    let offered = fs::read_to_string(root.join("cgroup.controllers"))?;
+    let mut chain: Vec<&Path> = dir
+        .ancestors()
+        .skip(1)
+        .take_while(|p| p.starts_with(root))
+        .collect();
+    chain.reverse();
+    for controller in offered
+        .split_whitespace()
+        .filter(|c| V2_CONTROLLERS.contains(c))
+    {
+        for parent in &chain {
+            let control = parent.join("cgroup.subtree_control");
+            if let Err(e) = fs::write(&control, format!("+{controller}")) {
+                refused.push(format!("{} += {controller}: {e}", control.display()));
+                break;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// A new v1 cpuset cgroup takes no tasks until it has cpus and mems: copy
