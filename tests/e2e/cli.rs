@@ -765,6 +765,85 @@ fn the_monitor_joins_the_host_cgroups_path_and_delete_removes_it() {
 }
 
 #[test]
+fn a_user_namespace_maps_the_spec_s_ids_for_init_and_exec() {
+    use std::os::unix::fs::MetadataExt;
+    let cli = cli_or_skip!();
+    let volume = tempfile::tempdir().unwrap();
+    std::os::unix::fs::chown(volume.path(), Some(1000), Some(1000)).unwrap();
+    // The init writes into the volume as its root, then sleeps.
+    let mut bundle = cli.bundle(&["sh", "-c", "id -u >/vol/by-init && exec sleep 1000"]);
+    bundle.config["linux"]["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"type": "user"}));
+    let map = serde_json::json!([{"containerID": 0, "hostID": 1000, "size": 1000}]);
+    bundle.config["linux"]["uidMappings"] = map.clone();
+    bundle.config["linux"]["gidMappings"] = map;
+    // Its root's capabilities are the user namespace's, over the mount and
+    // uts namespaces made under it.
+    let caps = serde_json::json!(["CAP_SYS_ADMIN", "CAP_SETUID", "CAP_SETGID"]);
+    for set in ["bounding", "effective", "permitted"] {
+        bundle.config["process"]["capabilities"][set] = caps.clone();
+    }
+    bundle.config["mounts"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({
+            "destination": "/vol", "type": "bind",
+            "source": volume.path(), "options": ["rbind", "rw"]
+        }));
+    bundle.write();
+
+    assert!(cli.detached(["run", "-d", "--bundle", &bundle.path(), "userns"]));
+    let script = "cat /proc/1/uid_map /proc/1/gid_map /proc/self/uid_map; \
+                  id -u; id -g; stat -c '%u %g' /bin/sh; touch /vol/by-exec; \
+                  mkdir /vol/m && mount -t tmpfs t /vol/m && echo mounted; \
+                  hostname inside && hostname";
+    let exec = cli.output(["exec", "userns", "sh", "-c", script]);
+    let written = volume.path().join("by-init");
+    let by_init = eventually_read(&written);
+    assert!(cli.output(["delete", "--force", "userns"]).status.success());
+
+    assert_eq!(exec.status.code(), Some(0), "{}", text(&exec.stderr));
+    let words: Vec<String> = text(&exec.stdout)
+        .lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(
+        words,
+        [
+            "0 1000 1000",
+            "0 1000 1000",
+            "0 1000 1000",
+            "0",
+            "0",
+            // Host root's files are unmapped inside: the overflow ids.
+            "65534 65534",
+            "mounted",
+            "inside"
+        ],
+        "{}",
+        text(&exec.stderr)
+    );
+    // Root inside is uid 1000 on the host, for the init and an exec alike.
+    assert_eq!(by_init.as_deref(), Some("0\n"));
+    for file in ["by-init", "by-exec"] {
+        let meta = std::fs::metadata(volume.path().join(file)).unwrap();
+        assert_eq!((meta.uid(), meta.gid()), (1000, 1000), "{file}");
+    }
+}
+
+/// The content of `path` once it has some, within 30 s.
+fn eventually_read(path: &Path) -> Option<String> {
+    let mut content = None;
+    husk_tests::engines::eventually(Duration::from_secs(30), || {
+        content = std::fs::read_to_string(path).ok().filter(|c| !c.is_empty());
+        content.is_some()
+    });
+    content
+}
+
+#[test]
 fn the_host_cgroup_carries_the_limits_as_the_vms_envelope() {
     use husk::sandbox::host_cgroup::envelope::{envelope_bytes, HOST_TASKS};
     let cli = cli_or_skip!();

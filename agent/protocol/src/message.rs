@@ -215,6 +215,12 @@ pub struct ContainerSpec {
     /// container's `/`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rootfs_propagation: Option<String>,
+    /// `linux.uidMappings`, for a container with a `user` namespace.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub uid_mappings: Vec<crate::oci::IdMapping>,
+    /// `linux.gidMappings`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gid_mappings: Vec<crate::oci::IdMapping>,
 }
 
 /// Everything the guest sends.
@@ -453,6 +459,12 @@ mod tests {
                     gid: Some(5),
                 }],
                 rootfs_propagation: Some("rshared".into()),
+                uid_mappings: vec![crate::oci::IdMapping {
+                    container_id: 0,
+                    host_id: 1000,
+                    size: 65536,
+                }],
+                gid_mappings: vec![],
             })),
             Request::CreateSandbox(Box::new(SandboxSpec {
                 hostname: Some("pod".into()),

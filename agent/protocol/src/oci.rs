@@ -209,6 +209,21 @@ pub struct SyscallArg {
     pub op: String,
 }
 
+/// One line of `linux.uidMappings` or `linux.gidMappings`: `size` ids from
+/// `container_id` in the container's user namespace are `host_id` on (in
+/// the guest: the ids the host's files carry through virtio-fs).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IdMapping {
+    /// The first id inside the user namespace.
+    #[serde(rename = "containerID")]
+    pub container_id: u32,
+    /// The id it is outside.
+    #[serde(rename = "hostID")]
+    pub host_id: u32,
+    /// How many ids.
+    pub size: u32,
+}
+
 /// `linux.resources`, the parts a VM can honour.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

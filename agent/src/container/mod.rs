@@ -20,6 +20,7 @@ pub mod seccomp;
 pub mod spawn;
 pub mod stage;
 pub mod stdio;
+pub mod userns;
 
 use std::collections::HashMap;
 use std::fs::File;

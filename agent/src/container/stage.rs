@@ -24,7 +24,7 @@ use nix::sys::wait::{waitpid, WaitStatus};
 use nix::unistd::{fork, ForkResult};
 use serde::{Deserialize, Serialize};
 
-use super::{identity, mounts, seccomp};
+use super::{identity, mounts, seccomp, userns};
 
 /// The fd of the control socket in the stage and its child.
 pub const CONTROL_FD: i32 = 3;
@@ -89,8 +89,8 @@ pub enum StageReport {
 /// The line the agent sends to let a created container exec.
 pub const START_LINE: &str = "start\n";
 
-/// Namespace types of the spec mapped to clone flags. `user` and `time`
-/// are not supported in the guest; the host refuses them before.
+/// Namespace types of the spec mapped to clone flags. A `user` namespace
+/// is made apart ([`userns`]); `time` is refused by the host before.
 pub fn clone_flag(kind: &str) -> Option<CloneFlags> {
     Some(match kind {
         "pid" => CloneFlags::CLONE_NEWPID,
@@ -153,6 +153,13 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
         .open(cgroup.join("cgroup.procs"))
         .with_context(|| format!("opening {}/cgroup.procs", cgroup.display()))?;
     let mut new_cgroup_ns = false;
+    // A user namespace comes after the rootfs, its maps written from here.
+    let user_namespace = match &task {
+        StageTask::Create { spec, .. } if spec.namespaces.iter().any(|n| n == "user") => {
+            Some(userns::handshake()?)
+        }
+        _ => None,
+    };
     match &task {
         StageTask::Create { spec, join, .. } => {
             if let Some(holder) = join {
@@ -168,7 +175,7 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             let mut flags = CloneFlags::CLONE_NEWNS;
             new_cgroup_ns = true;
             for kind in &spec.namespaces {
-                if spec.sandbox_namespaces.contains(kind) {
+                if spec.sandbox_namespaces.contains(kind) || kind == "user" {
                     continue;
                 }
                 match clone_flag(kind) {
@@ -179,7 +186,17 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             }
             unshare(flags).context("creating the container's namespaces")?;
         }
-        StageTask::Exec { target_pid, .. } => join_namespaces(*target_pid)?,
+        StageTask::Exec {
+            target_pid,
+            process,
+            ..
+        } => {
+            // Limits only the guest's root may raise, before a user
+            // namespace is joined; the child inherits them.
+            identity::apply_rlimits(&process.rlimits)?;
+            identity::apply_oom_score_adj(process)?;
+            join_namespaces(*target_pid)?
+        }
         StageTask::Hold { namespaces, .. } => {
             let mut flags = CloneFlags::empty();
             for kind in namespaces {
@@ -208,11 +225,21 @@ fn run(control: UnixStream) -> Result<nix::unistd::Pid> {
             }
             let mut w = &control;
             report(&mut w, &StageReport::Pid(child.as_raw()));
+            if let (Some((writer, entry)), StageTask::Create { spec, .. }) = (user_namespace, &task)
+            {
+                drop(entry);
+                writer.serve(child, &spec.uid_mappings, &spec.gid_mappings);
+            }
             Ok(child)
         }
         ForkResult::Child => {
             let mut w = control.try_clone()?;
-            let result = child(task, procs, new_cgroup_ns, &mut reader);
+            let entry = user_namespace.map(|(writer, entry)| {
+                // The guest's /proc must not stay open in the container.
+                drop(writer);
+                entry
+            });
+            let result = child(task, procs, new_cgroup_ns, entry, &mut reader);
             let e = match result {
                 Ok(never) => match never {},
                 Err(e) => e,
@@ -243,7 +270,9 @@ fn join_namespaces_of(pid: i32, kinds: &[String]) -> Result<()> {
 /// Enters every namespace of `pid` that differs from ours; mount last, as
 /// it changes the root.
 fn join_namespaces(pid: i32) -> Result<()> {
-    for kind in ["ipc", "uts", "net", "pid", "cgroup", "mnt"] {
+    // The pid and network namespaces are the guest root's; the rest are a
+    // user namespace's, if the container has one, so it comes between.
+    for kind in ["net", "pid", "user", "ipc", "uts", "cgroup", "mnt"] {
         let theirs = format!("/proc/{pid}/ns/{kind}");
         let ours = format!("/proc/self/ns/{kind}");
         if std::fs::read_link(&theirs).ok() == std::fs::read_link(&ours).ok() {
@@ -282,6 +311,7 @@ fn child(
     task: StageTask,
     procs: File,
     new_cgroup_ns: bool,
+    user_namespace: Option<userns::Entry>,
     control: &mut BufReader<UnixStream>,
 ) -> Result<std::convert::Infallible> {
     (&procs)
@@ -295,11 +325,21 @@ fn child(
     if let StageTask::Hold { hostname, .. } = &task {
         return hold(hostname.as_deref(), control);
     }
+    let mut renew = None;
     let (process, seccomp, wait_for_start) = match task {
         StageTask::Create {
             spec, share_root, ..
         } => {
             setup_container(&spec, &share_root)?;
+            if let Some(entry) = user_namespace {
+                let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP;
+                for kind in ["uts", "ipc"] {
+                    if spec.namespaces.iter().any(|n| n == kind) {
+                        flags |= clone_flag(kind).unwrap_or(CloneFlags::empty());
+                    }
+                }
+                renew = Some((entry, spec.uid_mappings, spec.gid_mappings, flags));
+            }
             (spec.process, spec.seccomp, true)
         }
         StageTask::Exec {
@@ -314,6 +354,9 @@ fn child(
         super::stdio::open_console(&console, process.console_size)?;
     }
     let executable = setup_process(&process)?;
+    if let Some((entry, uid, gid, flags)) = renew {
+        entry.enter(&uid, &gid, flags)?;
+    }
     let caps = process.capabilities.clone().unwrap_or_default();
     if let Some(profile) = seccomp.as_ref().filter(|_| !process.no_new_privileges) {
         seccomp::apply(profile).context("linux.seccomp")?;

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use husk_protocol::oci::{Device, Mount, Process, Resources, Seccomp, Sysctl};
+use husk_protocol::oci::{Device, IdMapping, Mount, Process, Resources, Seccomp, Sysctl};
 use serde::{Deserialize, Serialize};
 
 /// Spec versions this runtime implements (runc 1.1 accepts the same).
@@ -147,6 +147,12 @@ pub struct Linux {
     /// The propagation of the container's `/`.
     #[serde(default)]
     pub rootfs_propagation: Option<String>,
+    /// The user namespace's uid map.
+    #[serde(default)]
+    pub uid_mappings: Vec<IdMapping>,
+    /// The user namespace's gid map.
+    #[serde(default)]
+    pub gid_mappings: Vec<IdMapping>,
 }
 
 /// One entry of `linux.namespaces`.
@@ -482,11 +488,80 @@ pub fn check(spec: &Spec) -> Result<(), (String, String)> {
                     format!("unknown namespace type {:?}", ns.kind),
                 ));
             }
-            if ns.kind == "user" || ns.kind == "time" {
+            if ns.kind == "time" {
                 return Err((
                     format!("linux.namespaces[{i}].type"),
-                    format!("{} namespaces are not supported by husk yet", ns.kind),
+                    "time namespaces are not supported by husk yet".into(),
                 ));
+            }
+        }
+        check_id_mappings(linux)?;
+    }
+    Ok(())
+}
+
+/// The most lines a user namespace's uid or gid map takes (the kernel's).
+pub const MAX_ID_MAPPINGS: usize = 340;
+
+/// A user namespace needs both maps, and maps need a user namespace (as
+/// runc says); each line maps at least one id and stays within 32 bits,
+/// and no two lines overlap inside the namespace.
+fn check_id_mappings(linux: &Linux) -> Result<(), (String, String)> {
+    let user = linux.namespaces.iter().any(|ns| ns.kind == "user");
+    for (field, maps) in [
+        ("linux.uidMappings", &linux.uid_mappings),
+        ("linux.gidMappings", &linux.gid_mappings),
+    ] {
+        if user && maps.is_empty() {
+            return Err((
+                field.into(),
+                "a user namespace needs a mapping (none given)".into(),
+            ));
+        }
+        if !user && !maps.is_empty() {
+            return Err((
+                field.into(),
+                "mappings are given but linux.namespaces has no user namespace".into(),
+            ));
+        }
+        if maps.len() > MAX_ID_MAPPINGS {
+            return Err((
+                field.into(),
+                format!(
+                    "{} lines, more than the kernel's {MAX_ID_MAPPINGS}",
+                    maps.len()
+                ),
+            ));
+        }
+        for (i, map) in maps.iter().enumerate() {
+            let end = |start: u32| u64::from(start) + u64::from(map.size);
+            if map.size == 0 {
+                return Err((format!("{field}[{i}].size"), "must be at least 1".into()));
+            }
+            if end(map.container_id) > 1 << 32 || end(map.host_id) > 1 << 32 {
+                return Err((
+                    format!("{field}[{i}]"),
+                    "the range passes the largest id (4294967295)".into(),
+                ));
+            }
+            // The kernel refuses lines that overlap inside or outside.
+            let overlap = |a: u32, b: u32, b_size: u32| {
+                u64::from(a) < u64::from(b) + u64::from(b_size) && u64::from(b) < end(a)
+            };
+            let earlier = &maps[..i];
+            let inside = earlier
+                .iter()
+                .any(|o| overlap(map.container_id, o.container_id, o.size));
+            let outside = earlier
+                .iter()
+                .any(|o| overlap(map.host_id, o.host_id, o.size));
+            for (key, hit) in [("containerID", inside), ("hostID", outside)] {
+                if hit {
+                    return Err((
+                        format!("{field}[{i}].{key}"),
+                        "overlaps an earlier line".into(),
+                    ));
+                }
             }
         }
     }
@@ -578,9 +653,54 @@ mod tests {
     }
 
     #[test]
-    fn a_user_namespace_is_refused_clearly() {
+    fn a_user_namespace_needs_its_mappings_and_mappings_a_user_namespace() {
+        let user = |maps: serde_json::Value| {
+            with(|v| {
+                v["linux"] = serde_json::json!({"namespaces": [{"type": "user"}]});
+                for (key, value) in maps.as_object().unwrap() {
+                    v["linux"][key] = value.clone();
+                }
+            })
+        };
+        let map = |c: u32, h: u32, n: u32| serde_json::json!([{"containerID": c, "hostID": h, "size": n}]);
+
+        assert_eq!(
+            user(serde_json::json!({})).unwrap_err().0,
+            "linux.uidMappings"
+        );
+        assert_eq!(
+            user(serde_json::json!({"uidMappings": map(0, 1000, 10)}))
+                .unwrap_err()
+                .0,
+            "linux.gidMappings"
+        );
+        user(serde_json::json!({"uidMappings": map(0, 1000, 10), "gidMappings": map(0, 1000, 10)}))
+            .unwrap();
         let err =
-            with(|v| v["linux"] = serde_json::json!({"namespaces":[{"type":"user"}]})).unwrap_err();
+            with(|v| v["linux"] = serde_json::json!({"uidMappings": map(0, 1, 1)})).unwrap_err();
+        assert_eq!(err.0, "linux.uidMappings");
+        assert!(err.1.contains("no user namespace"), "{}", err.1);
+        let err =
+            user(serde_json::json!({"uidMappings": map(0, 1, 0), "gidMappings": map(0, 1, 1)}))
+                .unwrap_err();
+        assert_eq!(err.0, "linux.uidMappings[0].size");
+        let err = user(serde_json::json!({
+            "uidMappings": map(0, u32::MAX, 2), "gidMappings": map(0, 1, 1)}))
+        .unwrap_err();
+        assert_eq!(err.0, "linux.uidMappings[0]");
+        let two = serde_json::json!([
+            {"containerID": 0, "hostID": 1000, "size": 10},
+            {"containerID": 20, "hostID": 1005, "size": 10}
+        ]);
+        let err =
+            user(serde_json::json!({"uidMappings": map(0, 1, 1), "gidMappings": two})).unwrap_err();
+        assert_eq!(err.0, "linux.gidMappings[1].hostID");
+    }
+
+    #[test]
+    fn a_time_namespace_is_refused_clearly() {
+        let err =
+            with(|v| v["linux"] = serde_json::json!({"namespaces":[{"type":"time"}]})).unwrap_err();
         assert_eq!(err.0, "linux.namespaces[0].type");
     }
 

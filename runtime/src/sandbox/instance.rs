@@ -254,6 +254,8 @@ impl Sandbox {
             resources: linux.resources.clone().unwrap_or_default(),
             devices: linux.devices.clone(),
             rootfs_propagation: linux.rootfs_propagation.clone(),
+            uid_mappings: linux.uid_mappings.clone(),
+            gid_mappings: linux.gid_mappings.clone(),
         };
         let created = self
             .start_outputs(init, container.io, container.on_exit)
