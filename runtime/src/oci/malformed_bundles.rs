@@ -41,12 +41,18 @@ fn full_spec() -> Value {
         },
         "annotations": {"a": "b"},
         "linux": {
-            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}],
+            "namespaces": [{"type": "pid"}, {"type": "network"}, {"type": "mount"}, {"type": "user"}],
+            "uidMappings": [{"containerID": 0, "hostID": 1000, "size": 10}],
+            "gidMappings": [{"containerID": 0, "hostID": 1000, "size": 10}],
             "resources": {
                 "devices": [{"allow": false, "access": "rwm"}],
-                "memory": {"limit": 1_048_576_000_i64, "reservation": 1024, "swap": 2_097_152_000_i64},
+                "memory": {"limit": 1_048_576_000_i64, "reservation": 1024, "swap": 2_097_152_000_i64,
+                           "swappiness": 10},
                 "cpu": {"shares": 1024, "quota": 50000, "period": 100_000, "cpus": "0", "mems": "0"},
-                "pids": {"limit": 100}
+                "pids": {"limit": 100},
+                "blockIO": {"weight": 10, "weightDevice": [{"major": 8, "minor": 0, "weight": 20}],
+                            "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1}]},
+                "hugepageLimits": [{"pageSize": "2MB", "limit": 2_097_152}]
             },
             "cgroupsPath": "/husk/corpus",
             "rootfsPropagation": "rslave",

@@ -215,6 +215,29 @@ pub struct Bundle {
     pub spec: Spec,
 }
 
+/// Where `path` really is, when it names a place in the bundle `dir` but a
+/// symlink on the way leads out of it: a bundle's own paths stay in the
+/// bundle (a path given outside it, such as podman's rootfs or a volume,
+/// is the engine's to choose).
+fn escapes_through_symlink(dir: &Path, path: &Path) -> Option<PathBuf> {
+    let lexical: PathBuf = path.components().fold(PathBuf::new(), |mut p, c| {
+        match c {
+            std::path::Component::ParentDir => {
+                p.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => p.push(other),
+        }
+        p
+    });
+    if !lexical.starts_with(dir) {
+        return None;
+    }
+    let real_dir = dir.canonicalize().ok()?;
+    let real = path.canonicalize().ok()?;
+    (!real.starts_with(&real_dir)).then_some(real)
+}
+
 /// The spec a container captured at create, in its state directory: what
 /// the monitor, `start` and `exec` read, as runc reads its state's copy, so
 /// a config.json rewritten after create changes nothing.
@@ -241,6 +264,16 @@ impl Bundle {
                 ),
             ));
         }
+        if let Some(target) = escapes_through_symlink(&dir, &bundle.rootfs) {
+            return Err(invalid(
+                "root.path".into(),
+                format!(
+                    "rootfs {} is in the bundle but a symlink takes it outside, to {}",
+                    bundle.rootfs.display(),
+                    target.display()
+                ),
+            ));
+        }
         for (i, m) in bundle.spec.mounts.iter().enumerate() {
             if m.is_bind() {
                 let source = dir.join(m.source.as_deref().unwrap_or_default());
@@ -248,6 +281,16 @@ impl Bundle {
                     return Err(invalid(
                         format!("mounts[{i}].source"),
                         format!("bind source {} does not exist", source.display()),
+                    ));
+                }
+                if let Some(target) = escapes_through_symlink(&dir, &source) {
+                    return Err(invalid(
+                        format!("mounts[{i}].source"),
+                        format!(
+                            "bind source {} is in the bundle but a symlink takes it outside, to {}",
+                            source.display(),
+                            target.display()
+                        ),
                     ));
                 }
             }
@@ -746,5 +789,37 @@ mod tests {
         let err = Bundle::load(dir.path()).unwrap_err().to_string();
 
         assert!(err.contains("root.path") && err.contains("rootfs"), "{err}");
+    }
+
+    #[test]
+    fn a_rootfs_or_bind_source_that_a_symlink_takes_out_of_the_bundle_is_named() {
+        let outside = tempfile::tempdir().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("rootfs")).unwrap();
+        std::fs::write(dir.path().join("config.json"), MINIMAL).unwrap();
+
+        let err = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("root.path") && err.contains("symlink"), "{err}");
+        assert!(err.contains(&outside.path().display().to_string()), "{err}");
+
+        // A symlink that stays in the bundle is fine; one in a bind source
+        // that leaves it is named.
+        std::fs::remove_file(dir.path().join("rootfs")).unwrap();
+        std::fs::create_dir(dir.path().join("real")).unwrap();
+        std::os::unix::fs::symlink("real", dir.path().join("rootfs")).unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("data")).unwrap();
+        let mut spec: serde_json::Value = serde_json::from_str(MINIMAL).unwrap();
+        spec["mounts"] = serde_json::json!([
+            {"destination": "/etc", "type": "bind", "source": "real", "options": ["rbind"]},
+            {"destination": "/data", "type": "bind", "source": "data", "options": ["rbind"]}
+        ]);
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+
+        let err = Bundle::load(dir.path()).unwrap_err().to_string();
+        assert!(err.contains("mounts[1].source") && err.contains("symlink"), "{err}");
+        // An absolute source outside the bundle (a volume) is the engine's.
+        spec["mounts"][1]["source"] = outside.path().display().to_string().into();
+        std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
+        Bundle::load(dir.path()).unwrap();
     }
 }
