@@ -10,7 +10,7 @@
 # shared/KVM-TESTHOST.md.
 #
 # Usage:
-#   hack/kvm-testhost.sh [--timeout SECS] [--silence SECS] [--env NAME=VALUE]...
+#   hack/kvm-testhost.sh [--timeout SECS] [--silence SECS] [--attempts N] [--env NAME=VALUE]...
 #                        [--writable DIR]... [--scratch DIR]... -- COMMAND [ARGS...]
 #   hack/kvm-testhost.sh --prepare
 #
@@ -18,6 +18,10 @@
 #   --silence SECS   the outer guest counts as frozen after this long without
 #                    serial output (default 60): it is killed and the run is
 #                    retried once. A long silent command should print progress.
+#   --attempts N     boots before a freeze is a failure (default 2, the first
+#                    and one retry); more suit a short command whose guests
+#                    print much on their serial console, which is what
+#                    freezes the emulated CPU
 #   --env NAME=VALUE set in the command's environment (besides the caller's
 #                    PATH, HOME=/root and HUSK_TESTHOST=1)
 #   --writable DIR   share the host's DIR read-write at the same path (the rest
@@ -47,6 +51,7 @@ set -euo pipefail
 cache=${HUSK_CACHE:-/var/cache/husk}
 timeout=1800
 silence=60
+attempts=2
 envs=()
 writable=()
 scratch=()
@@ -418,17 +423,17 @@ run() {
     nonce=$(head -c 6 /dev/urandom | od -An -tx1 | tr -d ' \n')
     write_run_initrd
     deadline=$((SECONDS + timeout))
-    for attempt in 1 2; do
+    for ((attempt = 1; attempt <= attempts; attempt++)); do
         status=0
         boot_once || status=$?
         case $status in
         1)
             echo
-            if ((attempt == 1)); then
-                log "no output for $silence s, the outer guest froze; retrying once"
+            if ((attempt < attempts)); then
+                log "no output for $silence s, the outer guest froze (boot $attempt of $attempts); retrying"
                 continue
             fi
-            log "no output for $silence s again, the outer guest froze twice; giving up"
+            log "no output for $silence s, the outer guest froze in each of $attempts boots; giving up"
             exit 125
             ;;
         2)
@@ -460,6 +465,11 @@ while (($#)); do
     --timeout | --silence)
         [[ ${2:-} =~ ^[1-9][0-9]*$ ]] || bad_usage "$1 needs a whole number of seconds"
         if [[ $1 == --timeout ]]; then timeout=$2; else silence=$2; fi
+        shift 2
+        ;;
+    --attempts)
+        [[ ${2:-} =~ ^[1-9][0-9]?$ ]] || bad_usage "--attempts needs a number of boots from 1 to 99"
+        attempts=$2
         shift 2
         ;;
     --env)
