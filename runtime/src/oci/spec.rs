@@ -799,7 +799,10 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), MINIMAL).unwrap();
 
         let err = Bundle::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("root.path") && err.contains("symlink"), "{err}");
+        assert!(
+            err.contains("root.path") && err.contains("symlink"),
+            "{err}"
+        );
         assert!(err.contains(&outside.path().display().to_string()), "{err}");
 
         // A symlink that stays in the bundle is fine; one in a bind source
@@ -816,7 +819,10 @@ mod tests {
         std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
 
         let err = Bundle::load(dir.path()).unwrap_err().to_string();
-        assert!(err.contains("mounts[1].source") && err.contains("symlink"), "{err}");
+        assert!(
+            err.contains("mounts[1].source") && err.contains("symlink"),
+            "{err}"
+        );
         // An absolute source outside the bundle (a volume) is the engine's.
         spec["mounts"][1]["source"] = outside.path().display().to_string().into();
         std::fs::write(dir.path().join("config.json"), spec.to_string()).unwrap();
