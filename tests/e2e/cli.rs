@@ -896,11 +896,39 @@ fn the_host_cgroup_carries_the_limits_as_the_vms_envelope() {
             }
         }
     }
+    // update changes the envelope too, as runc's does (but its memory: the
+    // VM's stays as created).
+    let update = cli.output([
+        "update",
+        "--cpu-quota",
+        "30000",
+        "--pids-limit",
+        "20",
+        "envelope",
+    ]);
+    let updated_pids = (20 + HOST_TASKS).to_string();
+    let mut updated = Vec::new();
+    for h in husk::sandbox::host_cgroup::hierarchies() {
+        for (file, value) in [
+            ("cpu.cfs_quota_us", "30000"),
+            ("cpu.max", "30000 100000"),
+            ("pids.max", updated_pids.as_str()),
+        ] {
+            if let Ok(text) = std::fs::read_to_string(h.join(&cgroup).join(file)) {
+                updated.push((file, text.trim() == value));
+            }
+        }
+    }
     assert!(cli
         .output(["delete", "--force", "envelope"])
         .status
         .success());
 
+    assert_eq!(update.status.code(), Some(0), "{}", text(&update.stderr));
+    assert!(
+        updated.iter().filter(|(_, ok)| *ok).count() >= 2 && updated.iter().all(|(_, ok)| *ok),
+        "after update: {updated:?}"
+    );
     assert!(
         holds_monitor,
         "the monitor {pid} is in no hierarchy's {cgroup}"

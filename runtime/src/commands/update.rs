@@ -1,5 +1,6 @@
 //! `husk update`: change a running container's limits. They apply to its
-//! cgroup inside the VM; the VM's own memory and vCPUs stay as created,
+//! cgroup inside the VM and to the VM's envelope in its host cgroup (all
+//! but the memory there); the VM's own memory and vCPUs stay as created,
 //! and the command says so when a limit goes beyond them.
 
 use std::io::Read;

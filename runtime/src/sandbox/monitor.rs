@@ -67,6 +67,8 @@ struct Shared {
     status: Mutex<Status>,
     /// The pty the monitor's own process relays, for resizes.
     tty: Option<OwnedFd>,
+    /// The host cgroups the monitor joined, for `update`.
+    host_cgroups: Vec<host_cgroup::Joined>,
 }
 
 /// Runs the monitor; returns the exit code for the process.
@@ -120,15 +122,17 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
     let bundle = Bundle::load_captured(&args.bundle, &args.dir)?;
     let (config, _) = Config::load()?;
     let linux = bundle.linux();
+    let mut host_cgroups = Vec::new();
     if let Some(relative) = linux
         .cgroups_path
         .as_deref()
         .and_then(host_cgroup::relative_path)
     {
-        let (_, refused) = host_cgroup::join(&relative, linux.resources.as_ref());
+        let (joined, refused) = host_cgroup::join(&relative, linux.resources.as_ref());
         for why in refused {
             log(&args.dir, &format!("host cgroup not joined: {why}"));
         }
+        host_cgroups = joined;
     }
     let mut process = bundle.process().clone();
     let (io, tty) = if process.terminal {
@@ -186,6 +190,7 @@ fn setup(args: &mut MonitorArgs) -> Result<SetupParts> {
         id: args.id.clone(),
         status: Mutex::new(Status::Created),
         tty,
+        host_cgroups,
     });
     serve_control(&args.dir, Arc::clone(&shared))?;
     Ok((shared, ending_rx))
@@ -351,6 +356,7 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
             other => bail!("unexpected answer {other:?}"),
         },
         ControlRequest::Update(resources) => {
+            let refused = host_cgroup::update(&shared.host_cgroups, &resources);
             agent(
                 shared,
                 Request::Update {
@@ -358,6 +364,9 @@ fn handle(request: ControlRequest, shared: &Shared) -> Result<ControlReply> {
                     resources,
                 },
             )?;
+            if let Some(why) = refused.first() {
+                bail!("the host refused a limit: {why}");
+            }
             Ok(ControlReply::Done)
         }
         ControlRequest::Resize {

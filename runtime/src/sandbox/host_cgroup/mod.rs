@@ -66,7 +66,7 @@ fn mounted() -> Vec<(PathBuf, Version)> {
 /// host refused (a hierarchy, or one limit), with why: joining and each
 /// limit are best effort, so a host without a controller still runs the
 /// container, its guest enforcing the limits alone.
-pub fn join(relative: &Path, resources: Option<&Resources>) -> (Vec<PathBuf>, Vec<String>) {
+pub fn join(relative: &Path, resources: Option<&Resources>) -> (Vec<Joined>, Vec<String>) {
     let mut joined = Vec::new();
     let mut refused = Vec::new();
     let pid = std::process::id().to_string();
@@ -80,23 +80,53 @@ pub fn join(relative: &Path, resources: Option<&Resources>) -> (Vec<PathBuf>, Ve
                 Version::V2 => enable_controllers(&root, &dir, &mut refused),
             })
             .and_then(|_| {
-                for (file, value) in &limits {
-                    let path = dir.join(file);
-                    // Absent: a controller this hierarchy does not have.
-                    if path.exists() {
-                        if let Err(e) = fs::write(&path, value) {
-                            refused.push(format!("{} = {value:?}: {e}", path.display()));
-                        }
-                    }
-                }
+                write_limits(&dir, &limits, &mut refused);
                 fs::write(dir.join("cgroup.procs"), &pid)
             });
         match result {
-            Ok(()) => joined.push(dir),
+            Ok(()) => joined.push(Joined { dir, version }),
             Err(e) => refused.push(format!("{}: {e}", dir.display())),
         }
     }
     (joined, refused)
+}
+
+/// A host cgroup the monitor joined.
+#[derive(Debug, Clone)]
+pub struct Joined {
+    /// Its directory.
+    pub dir: PathBuf,
+    /// Its hierarchy's version.
+    pub version: Version,
+}
+
+/// Writes `update`'s limits into the cgroups joined, as runc's `update`
+/// does, except the memory envelope: the VM's memory stays as created
+/// (guest pages it has touched stay with the host), so neither grows nor
+/// shrinks. Returns what the host refused, with why.
+pub fn update(joined: &[Joined], resources: &Resources) -> Vec<String> {
+    let mut refused = Vec::new();
+    for cgroup in joined {
+        let limits: Vec<_> = envelope::files(resources, cgroup.version)
+            .into_iter()
+            .filter(|(file, _)| !file.starts_with("memory."))
+            .collect();
+        write_limits(&cgroup.dir, &limits, &mut refused);
+    }
+    refused
+}
+
+/// Writes each of `limits` that `dir` has a file for (one it lacks
+/// belongs to a controller its hierarchy does not have).
+fn write_limits(dir: &Path, limits: &[(String, String)], refused: &mut Vec<String>) {
+    for (file, value) in limits {
+        let path = dir.join(file);
+        if path.exists() {
+            if let Err(e) = fs::write(&path, value) {
+                refused.push(format!("{} = {value:?}: {e}", path.display()));
+            }
+        }
+    }
 }
 
 /// The v2 controllers the envelope uses.
