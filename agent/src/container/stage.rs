@@ -332,9 +332,12 @@ fn child(
         } => {
             setup_container(&spec, &share_root)?;
             if let Some(entry) = user_namespace {
+                // A pod's shared uts and ipc stay the pod's.
                 let mut flags = CloneFlags::CLONE_NEWNS | CloneFlags::CLONE_NEWCGROUP;
                 for kind in ["uts", "ipc"] {
-                    if spec.namespaces.iter().any(|n| n == kind) {
+                    let own = spec.namespaces.iter().any(|n| n == kind)
+                        && !spec.sandbox_namespaces.iter().any(|n| n == kind);
+                    if own {
                         flags |= clone_flag(kind).unwrap_or(CloneFlags::empty());
                     }
                 }
