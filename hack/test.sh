@@ -89,10 +89,10 @@ for name in boot cli faults network builtin cri; do
         exit 1
     fi
 done
-# Test-host boots, each short enough for its watchdog's retries to fit in
-# its timeout: the console flood, the CLI-level suites, then the network,
-# device and pod ones. Each fails on a seccomp kill of a VM process in its
-# own dmesg.
+# Test-host boots, each short enough (at most about 10 minutes) for its
+# watchdog's retries to fit in its timeout: the console flood, the boot and
+# CLI suites, the fault matrix, then the network, device and pod suites.
+# Each fails on a seccomp kill of a VM process in its own dmesg.
 write_builtin_suites() {
     local script=$1 pods=$2
     shift 2
@@ -134,11 +134,13 @@ flood=a_guest_flooding_its_console_stays_under_the_cap
 write_builtin_suites "$repo/target/husk/builtin-suites-0.sh" no-pods \
     "${binary[cli]} --exact $flood"
 write_builtin_suites "$repo/target/husk/builtin-suites-1.sh" no-pods \
-    "${binary[boot]}" "${binary[cli]} --skip $flood" "${binary[faults]}"
-write_builtin_suites "$repo/target/husk/builtin-suites-2.sh" pods \
+    "${binary[boot]}" "${binary[cli]} --skip $flood"
+write_builtin_suites "$repo/target/husk/builtin-suites-2.sh" no-pods "${binary[faults]}"
+write_builtin_suites "$repo/target/husk/builtin-suites-3.sh" pods \
     "${binary[network]}" "${binary[builtin]}"
-declare -A watchdog=([0]="--attempts 4 --silence 90" [1]="--silence 180" [2]="--silence 180")
-for part in 0 1 2; do
+declare -A watchdog=([0]="--attempts 4 --silence 90" [1]="--silence 180" [2]="--silence 180"
+    [3]="--silence 180")
+for part in 0 1 2 3; do
     builtin_suites=$repo/target/husk/builtin-suites-$part.sh
     if [[ -e /dev/kvm && ! -e /sys/module/kvm_pvm ]] && grep -qw -e vmx -e svm /proc/cpuinfo; then
         suite "builtin-$part" env HUSK_TEST_CONFIG="$builtin_config" sh "$builtin_suites"
