@@ -366,6 +366,35 @@ pub struct CpuResources {
     pub mems: Option<String>,
 }
 
+/// A cgroup v2 limit value: the number, or `max` for none (zero or less).
+pub fn v2_limit(v: i64) -> String {
+    if v <= 0 {
+        "max".into()
+    } else {
+        v.to_string()
+    }
+}
+
+/// runc's conversion of v1 cpu shares [2, 262144] to a v2 weight [1, 10000].
+pub fn shares_to_weight(shares: u64) -> u64 {
+    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
+}
+
+/// The v2 `cpu.max` value for a quota and period (zero: leave it), or
+/// none when neither is given.
+pub fn v2_cpu_max(quota: Option<i64>, period: Option<u64>) -> Option<String> {
+    let quota = quota.filter(|q| *q != 0);
+    let period = period.filter(|p| *p != 0);
+    if quota.is_none() && period.is_none() {
+        return None;
+    }
+    let mut value = quota.map_or("max".to_string(), v2_limit);
+    if let Some(period) = period {
+        value.push_str(&format!(" {period}"));
+    }
+    Some(value)
+}
+
 /// The number of CPUs in a cpuset list like `0-3,5`.
 pub fn cpuset_size(list: &str) -> Option<u32> {
     if list.trim().is_empty() {

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
-use husk_protocol::oci::Resources;
+use husk_protocol::oci::{shares_to_weight, v2_cpu_max, v2_limit, Resources};
 use husk_protocol::{ProcessInfo, Stats};
 
 /// The controllers the container's cgroup gets.
@@ -152,10 +152,10 @@ pub fn limit_files(resources: &Resources, guest_cpus: u32) -> Vec<(&'static str,
     let set = |v: &Option<i64>| v.filter(|v| *v != 0);
     if let Some(memory) = &resources.memory {
         if let Some(limit) = set(&memory.limit) {
-            files.push(("memory.max", limit_value(limit)));
+            files.push(("memory.max", v2_limit(limit)));
         }
         if let Some(reservation) = set(&memory.reservation) {
-            files.push(("memory.low", limit_value(reservation)));
+            files.push(("memory.low", v2_limit(reservation)));
         }
         if let (Some(swap), Some(limit)) = (set(&memory.swap), set(&memory.limit)) {
             // v1 swap is memory+swap; v2 counts swap alone.
@@ -168,26 +168,18 @@ pub fn limit_files(resources: &Resources, guest_cpus: u32) -> Vec<(&'static str,
         }
     }
     if let Some(cpu) = &resources.cpu {
-        let quota = cpu.quota.filter(|q| *q != 0);
-        let period = cpu.period.filter(|p| *p != 0);
-        if quota.is_some() || period.is_some() {
-            let mut value = quota.map_or("max".to_string(), limit_value);
-            if let Some(period) = period {
-                value.push_str(&format!(" {period}"));
-            }
+        if let Some(value) = v2_cpu_max(cpu.quota, cpu.period) {
             files.push(("cpu.max", value));
         }
         if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
-            // runc's conversion of v1 shares [2, 262144] to v2 weight [1, 10000].
-            let weight = 1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142;
-            files.push(("cpu.weight", weight.to_string()));
+            files.push(("cpu.weight", shares_to_weight(shares).to_string()));
         }
         if let Some(cpus) = cpu.cpus.as_ref().filter(|c| !c.is_empty()) {
             files.push(("cpuset.cpus", guest_cpuset(cpus, guest_cpus)));
         }
     }
     if let Some(pids) = resources.pids.as_ref().filter(|p| p.limit != 0) {
-        files.push(("pids.max", limit_value(pids.limit)));
+        files.push(("pids.max", v2_limit(pids.limit)));
     }
     files
 }
@@ -203,14 +195,6 @@ fn guest_cpuset(host_list: &str, guest_cpus: u32) -> String {
             n => format!("0-{}", n - 1),
         },
         None => host_list.to_string(),
-    }
-}
-
-fn limit_value(v: i64) -> String {
-    if v <= 0 {
-        "max".into()
-    } else {
-        v.to_string()
     }
 }
 

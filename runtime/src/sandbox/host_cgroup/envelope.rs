@@ -16,7 +16,7 @@
 //!
 //! As in runc's `update`, a zero leaves a limit alone.
 
-use husk_protocol::oci::{BlockIo, Resources, ThrottleDevice};
+use husk_protocol::oci::{shares_to_weight, v2_cpu_max, BlockIo, Resources, ThrottleDevice};
 
 use crate::sandbox::sizing;
 
@@ -117,11 +117,7 @@ pub fn files(resources: &Resources, version: Version) -> Vec<(String, String)> {
                 if let Some(shares) = cpu.shares.filter(|s| *s > 0) {
                     put("cpu.weight", shares_to_weight(shares).to_string());
                 }
-                if quota.is_some() || period.is_some() {
-                    let mut value = quota.map_or("max".to_string(), limit_value);
-                    if let Some(period) = period {
-                        value.push_str(&format!(" {period}"));
-                    }
+                if let Some(value) = v2_cpu_max(quota, period) {
                     put("cpu.max", value);
                 }
             }
@@ -237,19 +233,6 @@ fn block_io_files(block_io: &BlockIo, version: Version) -> Vec<(String, String)>
         }
     }
     files
-}
-
-/// runc's conversion of v1 shares [2, 262144] to a v2 weight [1, 10000].
-fn shares_to_weight(shares: u64) -> u64 {
-    1 + ((shares.clamp(2, 262_144) - 2) * 9999) / 262_142
-}
-
-fn limit_value(v: i64) -> String {
-    if v <= 0 {
-        "max".into()
-    } else {
-        v.to_string()
-    }
 }
 
 #[cfg(test)]
